@@ -1,0 +1,116 @@
+"""Record what each snippet prints and draws:  python -m tools.record [--device auto|cpu|cuda] [--force] [NAME ...]
+
+Each snippet runs in its own fresh process (``tools.run_cells``), cell by cell. The recording goes to
+``docs/outputs/<name>.json`` with its figures under ``docs/outputs/<name>/``, stamped with the snippet's sha256 and
+the environment. A recording that is current (same sha256, same environment) is skipped unless ``--force``.
+``--check`` runs nothing: it lists every stale or missing recording and exits 1 if there is one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools import environment, recordings, snippets
+
+
+class CellFailed(Exception):
+    pass
+
+
+def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
+    """Run one snippet in a fresh process and write its recording; raises CellFailed, leaving the old one intact."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outputs_dir, prefix=f".{path.stem}-") as scratch:
+        result_file, figure_dir = Path(scratch) / "result.json", Path(scratch) / path.stem
+        started = time.perf_counter()
+        process = subprocess.run(
+            [sys.executable, "-m", "tools.run_cells", str(path), str(result_file), str(figure_dir)],
+            cwd=snippets.ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if not result_file.exists():
+            raise CellFailed(f"{path.name}: the cell runner died (exit {process.returncode}):\n{process.stderr}")
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+        failed = result["cells"][-1] if result["cells"] and result["cells"][-1]["error"] else None
+        if failed:
+            raise CellFailed(f"{path.name}, cell '{failed['name']}' raised:\n{failed['error']}"
+                             f"{failed['stdout'][-2000:] and chr(10) + 'its output ended with:' + chr(10)}"
+                             f"{failed['stdout'][-2000:]}")
+        if device == "cuda" and not result["cuda_used"]:
+            raise CellFailed(f"{path.name}: recorded for cuda, but torch in the snippet saw no CUDA device")
+        for cell in result["cells"]:
+            del cell["error"]
+        recording = {
+            "snippet": f"snippets/{path.name}",
+            "sha256": snippets.sha256(path),
+            "environment": environment.stamp(device, result["cuda"]),
+            "seconds": round(seconds, 2),
+            "cells": result["cells"],
+        }
+        target_dir = outputs_dir / path.stem
+        shutil.rmtree(target_dir, ignore_errors=True)
+        if any(figure_dir.iterdir()):
+            figure_dir.rename(target_dir)
+        staged = Path(scratch) / "recording.json"
+        staged.write_text(json.dumps(recording, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(staged, recordings.path_for(path.stem, outputs_dir))
+    return recording
+
+
+def is_current(path: Path, device: str, outputs_dir: Path) -> bool:
+    recording = recordings.load(path.stem, outputs_dir)
+    return bool(recording) and recording["sha256"] == snippets.sha256(path) and \
+        environment.key(recording["environment"]) == environment.key(environment.stamp(device))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.record", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help="snippet names (file stems); default: all")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--force", action="store_true", help="record even when the recording is current")
+    parser.add_argument("--check", action="store_true", help="run nothing; exit 1 if a recording is stale/missing")
+    parser.add_argument("--snippets", type=Path, default=snippets.SNIPPETS_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=recordings.OUTPUTS_DIR, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.check:
+        found = recordings.problems(args.snippets, args.out)
+        for problem in found:
+            print(problem)
+        print(f"{len(found)} stale or missing recording(s)" if found else "all recordings are current")
+        return 1 if found else 0
+
+    try:
+        device = environment.resolve(args.device)
+        paths = snippets.find(args.snippets, args.names)
+    except (RuntimeError, KeyError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    failures, started = [], time.perf_counter()
+    for path in paths:
+        if not args.force and is_current(path, device, args.out):
+            print(f"{path.stem}: current, skipped")
+            continue
+        try:
+            recording = record_one(path, device, args.out)
+        except CellFailed as error:
+            failures.append(path.stem)
+            print(f"{path.stem}: FAILED — {error}", file=sys.stderr)
+            continue
+        print(f"{path.stem}: recorded on {device} in {recording['seconds']:.1f} s")
+    print(f"{len(paths)} snippet(s), {time.perf_counter() - started:.1f} s"
+          + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

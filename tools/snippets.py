@@ -1,0 +1,59 @@
+"""Find snippets and split them into their named ``# %% name`` cells (jupytext percent format)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS_DIR = ROOT / "snippets"
+CELL_MARKER = re.compile(r"^# %%(?P<rest>.*)$")
+CELL_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    source: str      # the cell's code, without its marker line and without trailing blank lines
+    first_line: int  # 1-based line number of the code's first line in the file
+
+
+def find(snippets_dir: Path = SNIPPETS_DIR, names: list[str] | None = None) -> list[Path]:
+    """The snippet files, sorted; only ``names`` (file stems) if given. Unknown names raise ``KeyError``."""
+    paths = sorted(p for p in Path(snippets_dir).glob("*.py") if not p.name.startswith("_"))
+    if not names:
+        return paths
+    by_name = {p.stem: p for p in paths}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise KeyError(f"no snippet named {', '.join(unknown)} in {snippets_dir}")
+    return [by_name[n] for n in names]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cells(path: Path) -> list[Cell]:
+    """The file's cells in order. Every line must belong to a named cell; names are unique."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    found: list[tuple[str, int, list[str]]] = []
+    for number, line in enumerate(lines, start=1):
+        marker = CELL_MARKER.match(line)
+        if marker:
+            name = marker["rest"].strip()
+            if not CELL_NAME.match(name):
+                raise ValueError(f"{path}:{number}: cell marker needs a name like '# %% load-data', got {line!r}")
+            found.append((name, number + 1, []))
+        elif found:
+            found[-1][2].append(line)
+        elif line.strip():
+            raise ValueError(f"{path}:{number}: code before the first '# %% name' cell marker")
+    names = [name for name, _, _ in found]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: cell names used twice: {', '.join(duplicates)}")
+    if not found:
+        raise ValueError(f"{path}: no '# %% name' cells")
+    return [Cell(name, "\n".join(body).rstrip("\n").rstrip(), first) for name, first, body in found]
