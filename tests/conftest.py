@@ -1,0 +1,50 @@
+"""Shared fixtures. The whole lesson is recorded once per test session, on the CPU, into a temporary folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LESSON_DATA", str(ROOT.parent / "shared" / "data"))
+os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+
+
+def run_recorder(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.record", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env or os.environ.copy())
+
+
+@pytest.fixture(scope="session")
+def lesson_outputs(tmp_path_factory) -> Path:
+    """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings."""
+    if not (Path(os.environ["LESSON_DATA"]) / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST not found under LESSON_DATA={os.environ['LESSON_DATA']}")
+    out = tmp_path_factory.mktemp("outputs")
+    process = run_recorder("--device", "cpu", "--force", "--out", str(out))
+    assert process.returncode == 0, process.stdout + process.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def recorded(lesson_outputs):
+    """recorded(name) → that snippet's fresh recording (dict)."""
+    import json
+
+    def load(name: str) -> dict:
+        return json.loads((lesson_outputs / f"{name}.json").read_text(encoding="utf-8"))
+    return load
+
+
+def cell_output(recording: dict, cell: str) -> str:
+    for entry in recording["cells"]:
+        if entry["name"] == cell:
+            return entry["stdout"]
+    raise AssertionError(f"{recording['snippet']} has no cell {cell!r}: {[c['name'] for c in recording['cells']]}")
+
+
+def all_output(recording: dict) -> str:
+    return "".join(entry["stdout"] for entry in recording["cells"])

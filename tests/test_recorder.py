@@ -1,0 +1,170 @@
+"""The recorder, on small throwaway snippets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from conftest import run_recorder
+from tools import environment, snippets
+
+GOOD = '''# %% setup
+import warnings
+import matplotlib.pyplot as plt
+answer = 21
+print("first cell")
+
+# %% chart
+warnings.warn("a warning, kept apart")
+print(answer * 2)
+plt.plot([1, 2, 3], [2, 4, 8])
+plt.title("growth")
+plt.xlabel("step")
+plt.ylabel("value")
+plt.show()
+'''
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A snippets folder with one good snippet, and an empty outputs folder."""
+    (tmp_path / "snippets").mkdir()
+    (tmp_path / "snippets" / "demo.py").write_text(GOOD)
+    return tmp_path
+
+
+def record(project, *args):
+    return run_recorder("--device", "cpu", "--snippets", str(project / "snippets"), "--out",
+                        str(project / "outputs"), *args)
+
+
+def recording(project, name="demo"):
+    return json.loads((project / "outputs" / f"{name}.json").read_text())
+
+
+def test_cells_are_split_and_share_one_namespace(project):
+    process = record(project)
+    assert process.returncode == 0, process.stderr
+    cells = recording(project)["cells"]
+    assert [c["name"] for c in cells] == ["setup", "chart"]
+    assert cells[0]["stdout"] == "first cell\n"
+    assert cells[1]["stdout"] == "42\n"           # 'answer' came from the first cell
+    assert cells[1]["warnings"] == ["UserWarning: a warning, kept apart"]
+    assert "warning" not in cells[1]["stdout"]
+    assert all(c["seconds"] >= 0 and c["peak_memory_bytes"] > 1_000_000 for c in cells)
+
+
+def test_figures_are_captured_as_png_with_a_description(project):
+    record(project)
+    cells = recording(project)["cells"]
+    assert cells[0]["figures"] == []
+    assert cells[1]["figures"] == ["outputs/demo/chart-1.png"]
+    assert cells[1]["figure_descriptions"] == ["growth: value against step"]
+    png = (project / "outputs" / "demo" / "chart-1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_environment_stamp_and_hash(project):
+    record(project)
+    data = recording(project)
+    assert data["snippet"] == "snippets/demo.py"
+    assert data["sha256"] == hashlib.sha256((project / "snippets" / "demo.py").read_bytes()).hexdigest()
+    env = data["environment"]
+    assert env["device"] == "cpu" and env["cuda"] is None
+    assert env["torch"] == metadata.version("torch") and env["torchvision"] == metadata.version("torchvision")
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["device_name"] == environment.cpu_name() and env["recorded_at"].startswith("20")
+    assert data["seconds"] > 0
+
+
+def test_current_recording_is_skipped_unless_forced(project):
+    record(project)
+    before = (project / "outputs" / "demo.json").read_bytes()
+    again = record(project)
+    assert again.returncode == 0 and "demo: current, skipped" in again.stdout
+    assert (project / "outputs" / "demo.json").read_bytes() == before
+    forced = record(project, "--force")
+    assert forced.returncode == 0 and "demo: recorded on cpu" in forced.stdout
+
+
+def test_other_environment_is_not_current(project):
+    record(project)
+    data = recording(project)
+    data["environment"]["device_name"] = "NVIDIA H200"
+    (project / "outputs" / "demo.json").write_text(json.dumps(data))
+    assert "demo: recorded on cpu" in record(project).stdout
+
+
+def test_check_lists_missing_stale_and_orphan_recordings(project):
+    check = record(project, "--check")
+    assert check.returncode == 1 and "demo: no recording" in check.stdout
+    record(project)
+    assert record(project, "--check").returncode == 0
+    path = project / "snippets" / "demo.py"
+    path.write_text(GOOD.replace("answer = 21", "answer = 20"))
+    check = record(project, "--check")
+    assert check.returncode == 1
+    assert "demo: stale: demo.py changed" in check.stdout and "python -m tools.record demo" in check.stdout
+    assert "demo: recorded on cpu" in record(project).stdout
+    assert recording(project)["cells"][1]["stdout"] == "40\n"
+    path.rename(project / "snippets" / "renamed.py")
+    record(project)
+    check = record(project, "--check")
+    assert check.returncode == 1 and "demo: recording without a snippet" in check.stdout
+
+
+def test_failing_cell_names_snippet_and_cell_and_keeps_old_recording(project):
+    record(project)
+    before = (project / "outputs" / "demo.json").read_bytes()
+    figure = (project / "outputs" / "demo" / "chart-1.png").read_bytes()
+    (project / "snippets" / "demo.py").write_text(GOOD.replace("print(answer * 2)", "print(answer / 0)"))
+    process = record(project)
+    assert process.returncode == 1
+    assert "demo.py, cell 'chart' raised" in process.stderr
+    assert "ZeroDivisionError" in process.stderr and "line 9" in process.stderr   # the line in the snippet file
+    assert (project / "outputs" / "demo.json").read_bytes() == before
+    assert (project / "outputs" / "demo" / "chart-1.png").read_bytes() == figure
+    assert not [p for p in (project / "outputs").iterdir() if p.name.startswith(".")]   # no scratch left
+
+
+def test_a_snippet_that_exits_fails(project):
+    (project / "snippets" / "quits.py").write_text("# %% setup\nimport sys\nsys.exit('no data')\n")
+    process = record(project, "quits")
+    assert process.returncode == 1 and "quits.py, cell 'setup' raised" in process.stderr
+    assert "SystemExit: no data" in process.stderr
+    assert not (project / "outputs" / "quits.json").exists()
+
+
+def test_unknown_name_and_missing_gpu_are_refused(project):
+    unknown = record(project, "nope")
+    assert unknown.returncode == 2 and "no snippet named nope" in unknown.stderr
+    if environment.cuda_device_name() is None:
+        cuda = run_recorder("--device", "cuda", "--snippets", str(project / "snippets"), "--out",
+                            str(project / "outputs"))
+        assert cuda.returncode == 2 and "no CUDA GPU" in cuda.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("print(1)\n# %% setup\n", "code before the first"),
+    ("# %%\nprint(1)\n", "needs a name"),
+    ("# %% Setup Cell\nprint(1)\n", "needs a name"),
+    ("# %% a\nx = 1\n# %% a\ny = 2\n", "cell names used twice: a"),
+])
+def test_cell_parser_rejects_bad_markers(tmp_path, text, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        snippets.cells(path)
+
+
+def test_cell_parser_keeps_line_numbers(tmp_path):
+    path = tmp_path / "ok.py"
+    path.write_text(GOOD)
+    cells = snippets.cells(path)
+    assert [(c.name, c.first_line) for c in cells] == [("setup", 2), ("chart", 8)]
+    assert cells[0].source.endswith('print("first cell")')
