@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import environment, recordings, snippets
+from tools import environment, notebooks, recordings, snippets
 
 
 class CellFailed(Exception):
@@ -63,7 +63,14 @@ def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
         staged = Path(scratch) / "recording.json"
         staged.write_text(json.dumps(recording, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(staged, recordings.path_for(path.stem, outputs_dir))
+    write_notebook(path, recording, outputs_dir)
     return recording
+
+
+def write_notebook(path: Path, recording: dict, outputs_dir: Path) -> None:
+    target = notebooks.path_for(path.stem, recordings.notebooks_dir(outputs_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(notebooks.text(notebooks.build(path, recording, outputs_dir)), encoding="utf-8")
 
 
 def is_current(path: Path, device: str, outputs_dir: Path) -> bool:
@@ -98,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     failures, started = [], time.perf_counter()
     for path in paths:
         if not args.force and is_current(path, device, args.out):
-            print(f"{path.stem}: current, skipped")
+            recording = recordings.load(path.stem, args.out)
+            if recordings.notebook_problem(path, recording, args.out):
+                write_notebook(path, recording, args.out)
+                print(f"{path.stem}: current, notebook rewritten")
+            else:
+                print(f"{path.stem}: current, skipped")
             continue
         try:
             recording = record_one(path, device, args.out)

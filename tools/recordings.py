@@ -20,6 +20,21 @@ def figure_file(figure: str, outputs_dir: Path = OUTPUTS_DIR) -> Path:
     return Path(outputs_dir) / Path(figure).relative_to("outputs")
 
 
+def notebooks_dir(outputs_dir: Path = OUTPUTS_DIR) -> Path:
+    """Notebooks made from recordings sit beside them: docs/outputs → docs/notebooks."""
+    return Path(outputs_dir).parent / "notebooks"
+
+
+def notebook_problem(snippet: Path, recording: dict, outputs_dir: Path = OUTPUTS_DIR) -> str | None:
+    from tools import notebooks
+    path = notebooks.path_for(snippet.stem, notebooks_dir(outputs_dir))
+    if not path.exists():
+        return f"no notebook at {path}"
+    if path.read_text(encoding="utf-8") != notebooks.text(notebooks.build(snippet, recording, outputs_dir)):
+        return f"stale: {path.name} does not match the recording"
+    return None
+
+
 def load(name: str, outputs_dir: Path = OUTPUTS_DIR) -> dict | None:
     path = path_for(name, outputs_dir)
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
@@ -52,8 +67,10 @@ def problems(snippets_dir: Path = snippets.SNIPPETS_DIR, outputs_dir: Path = OUT
                        if not figure_file(f, outputs_dir).exists()]
             if missing:
                 found.append(Problem(path.stem, f"figure missing: {', '.join(missing)}"))
+            elif notebook := notebook_problem(path, recording, outputs_dir):
+                found.append(Problem(path.stem, notebook))
     names = {p.stem for p in paths}
     for orphan in sorted(Path(outputs_dir).glob("*.json")):
         if orphan.stem not in names:
-            found.append(Problem(orphan.stem, f"recording without a snippet (delete {orphan} and its folder)"))
+            found.append(Problem(orphan.stem, f"recording without a snippet (delete {orphan}, its folder and notebook)"))
     return found
