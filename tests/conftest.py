@@ -48,3 +48,13 @@ def cell_output(recording: dict, cell: str) -> str:
 
 def all_output(recording: dict) -> str:
     return "".join(entry["stdout"] for entry in recording["cells"])
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The site built strictly from the committed recordings (torch unimportable during the build)."""
+    from site_build import build
+    site_dir = tmp_path_factory.mktemp("site")
+    process = build(ROOT, site_dir)
+    assert process.returncode == 0, process.stderr[-5000:]
+    return site_dir

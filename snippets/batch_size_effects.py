@@ -1,0 +1,163 @@
+# %% setup
+# What batch size changes: (a) training speed (samples per second) and peak memory, from 16 to 4096;
+# (b) test accuracy after the same number of epochs with the same learning rate: bigger batches take fewer steps.
+# MNIST is preprocessed once into tensors on the device, so the timings measure training, not image decoding.
+import os, socket, sys, contextlib, io, time, math
+import torch
+import torch.nn as nn
+import torch.optim as optim
+from torchvision import datasets
+import matplotlib.pyplot as plt
+
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+torch.manual_seed(0)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+
+def load_mnist(train, transform):
+    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
+    socket.setdefaulttimeout(10)            # never hang on a dead network
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
+            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+    except Exception as error:
+        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
+                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
+                 f"that holds MNIST/raw.")
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layer1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(128, 10)
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(self.flatten(x))))
+
+def to_device_tensors(dataset):
+    """The whole dataset as two device tensors; same values as ToTensor() + Normalize((0.1307,), (0.3081,))."""
+    images = ((dataset.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)   # (N, 1, 28, 28) float32
+    return images.to(device), dataset.targets.to(device)
+
+train_images, train_labels = to_device_tensors(load_mnist(True, None))
+test_images, test_labels = to_device_tensors(load_mnist(False, None))
+print(f"train {tuple(train_images.shape)}, test {tuple(test_images.shape)} on {train_images.device}")
+
+def train_step(model, optimizer, images, labels):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+def measured_step_bytes(model, optimizer, images, labels):
+    """CPU stand-in for a peak: bytes of params, grads, Adam state, batch, logits, loss and what autograd saves."""
+    saved = {}
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    optimizer.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = model(images)
+        loss = nn.functional.cross_entropy(output, labels)
+    loss.backward()
+    optimizer.step()
+    counted = {t.untyped_storage().data_ptr() for t in [images, labels, *model.parameters()]}
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), images, labels, output, loss,
+               *(v for s in optimizer.state.values() for v in s.values())]
+    return sum(t.numel() * t.element_size() for t in tensors) + sum(n for p, n in saved.items() if p not in counted)
+
+# %% throughput
+BATCH_SIZES = [2**k for k in range(4, 13)]  # 16 ... 4096
+TIMED_SAMPLES = 8192                        # per batch size, and at least 4 steps
+
+def speed_and_memory(batch_size):
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    order = torch.randperm(len(train_labels)).to(device)
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(2 + max(4, TIMED_SAMPLES // batch_size))]
+    for idx in batches[:2]:                 # warm-up: first calls allocate and pick kernels
+        train_step(model, optimizer, train_images[idx], train_labels[idx])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    start = time.perf_counter()
+    for idx in batches[2:]:
+        train_step(model, optimizer, train_images[idx], train_labels[idx])
+    if device.type == "cuda":
+        torch.cuda.synchronize()            # wait for the GPU before reading the clock
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":               # model, Adam state and data were already there: add the step's peak
+        peak = torch.cuda.max_memory_allocated() - before + measured_fixed(model, optimizer)
+    else:
+        idx = batches[2]
+        peak = measured_step_bytes(model, optimizer, train_images[idx], train_labels[idx])
+    return (len(batches) - 2) * batch_size / seconds, peak, len(batches) - 2
+
+def measured_fixed(model, optimizer):
+    """Bytes of parameters, gradients and Adam state on the device."""
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
+               *(v for s in optimizer.state.values() for v in s.values() if v.device.type == device.type)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+memory_label = ("CUDA: max_memory_allocated during the steps + model, grads, Adam state" if device.type == "cuda"
+                else "CPU: measured tensor bytes, not an allocator")
+print(f"Peak memory: {memory_label}")
+print(f"{'batch':>6} {'steps timed':>11} {'samples/s':>12} {'peak bytes':>13} {'MiB':>8}")
+speed = {}
+for batch_size in BATCH_SIZES:
+    samples_per_second, peak, steps = speed_and_memory(batch_size)
+    speed[batch_size] = (samples_per_second, peak)
+    print(f"{batch_size:>6} {steps:>11} {samples_per_second:>12,.0f} {peak:>13,} {peak / 2**20:>8.2f}")
+fastest = max(speed, key=lambda b: speed[b][0])
+print(f"Batch {fastest} trains {speed[fastest][0] / speed[16][0]:.1f}x as many samples per second as batch 16.")
+
+# %% accuracy
+EPOCHS = 2
+ACCURACY_BATCH_SIZES = [16, 64, 256, 1024, 4096]
+
+def train_and_test(batch_size):
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)   # the same learning rate for every batch size
+    shuffle = torch.Generator().manual_seed(0)
+    steps = 0
+    for epoch in range(EPOCHS):
+        order = torch.randperm(len(train_labels), generator=shuffle).to(device)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            train_step(model, optimizer, train_images[idx], train_labels[idx])
+            steps += 1
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(test_images).argmax(dim=1) == test_labels).float().mean().item()
+    return accuracy, steps
+
+print(f"Adam lr 1e-3, {EPOCHS} epochs each")
+print(f"{'batch':>6} {'steps/epoch':>11} {'total steps':>11} {'test accuracy':>14}")
+accuracy = {}
+for batch_size in ACCURACY_BATCH_SIZES:
+    accuracy[batch_size], steps = train_and_test(batch_size)
+    print(f"{batch_size:>6} {math.ceil(len(train_labels) / batch_size):>11} {steps:>11} "
+          f"{accuracy[batch_size]:>14.2%}")
+print("Same epochs, same learning rate: a bigger batch means fewer, steadier steps, and here a lower accuracy.")
+
+# %% chart
+fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+axes[0].plot(BATCH_SIZES, [speed[b][0] for b in BATCH_SIZES], "o-")
+axes[0].set_ylabel("training samples per second")
+axes[0].set_title("Throughput")
+axes[1].plot(BATCH_SIZES, [speed[b][1] / 2**20 for b in BATCH_SIZES], "o-", color="darkorange")
+axes[1].set_ylabel("peak memory (MiB)")
+axes[1].set_title("Peak memory of a training step")
+axes[2].plot(ACCURACY_BATCH_SIZES, [100 * accuracy[b] for b in ACCURACY_BATCH_SIZES], "o-", color="green")
+axes[2].set_ylabel("test accuracy (%)")
+axes[2].set_title(f"Test accuracy after {EPOCHS} epochs")
+for ax in axes:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+fig.suptitle(f"Batch size on {device.type.upper()}: MNIST MLP, Adam lr 1e-3")
+plt.show()

@@ -1,0 +1,78 @@
+"""What the data and model snippets print, recorded afresh on the CPU with the real MNIST, states the true facts."""
+from __future__ import annotations
+
+import re
+
+from conftest import all_output, cell_output
+
+
+def test_every_recording_is_stamped_cpu(recorded):
+    for name in ("image_tensors", "preprocessing", "mnist_samples", "mnist_mlp", "cifar_mlp", "dataloaders"):
+        recording = recorded(name)
+        assert recording["environment"]["device"] == "cpu"
+        assert cell_output(recording, "setup").startswith("Device: cpu")
+
+
+def test_image_tensors(recorded):
+    rec = recorded("image_tensors")
+    assert "Table shape: (1000, 5)" in cell_output(rec, "tabular")
+    one = cell_output(rec, "one-image")
+    assert "(1, 28, 28)" in one and "torch.float32" in one and "3,136 bytes" in one
+    assert "3072 = 3 x 32 x 32" in cell_output(rec, "cifar-shape")
+    assert "(64, 1, 28, 28)" in cell_output(rec, "batch") and "200,704 bytes = 196.0 KiB" in cell_output(rec, "batch")
+    assert "(64, 784)" in cell_output(rec, "flatten") and "(64, 3072)" in cell_output(rec, "flatten")
+
+
+def test_preprocessing_finds_the_lessons_constants(recorded):
+    rec = recorded("preprocessing")
+    mean_std = cell_output(rec, "mean-std")
+    assert re.search(r"mean = 0\.1307 .*0\.13066", mean_std) and re.search(r"std  = 0\.3081 .*0\.30810", mean_std)
+    normalize = cell_output(rec, "normalize")
+    assert "-0.4242" in normalize and "2.8215" in normalize
+    after = next(line for line in normalize.splitlines() if line.strip().startswith("after"))
+    assert after.split()[1:] == ["-0.4242", "2.8215", "-0.0001", "1.0000"]
+    histogram = next(c for c in rec["cells"] if c["name"] == "histogram")
+    assert len(histogram["figures"]) == 1
+
+
+def test_mnist_samples(recorded):
+    rec = recorded("mnist_samples")
+    load = cell_output(rec, "load")
+    assert "60000" in load and "10000" in load
+    counts = cell_output(rec, "class-counts")
+    for number in ("5923", "6742", "5958", "6131", "5842", "5421", "5918", "6265", "5851", "5949", "1135", "892"):
+        assert number in counts
+    grid = next(c for c in rec["cells"] if c["name"] == "grid")
+    assert grid["figures"] and "labels" in grid["stdout"]
+
+
+def test_mnist_mlp_has_101770_parameters(recorded):
+    rec = recorded("mnist_mlp")
+    assert "Total params: 101,770" in cell_output(rec, "torchsummary")
+    assert "Params size (MB): 0.39" in cell_output(rec, "torchsummary")
+    torchinfo = cell_output(rec, "torchinfo")
+    assert "Params size (MB): 0.41" in torchinfo and torchinfo.count("Total params") == 1   # printed once
+    count = cell_output(rec, "count")
+    assert "100,480" in count and "1,290" in count and "407,080 bytes = 397.5 KiB" in count
+
+
+def test_cifar_mlp_has_394634_parameters(recorded):
+    rec = recorded("cifar_mlp")
+    assert "Total params: 394,634" in cell_output(rec, "torchsummary")
+    count = cell_output(rec, "count")
+    assert "393,344" in count and "394,634" in count and "1,578,536 bytes" in count
+    assert "3.88 times as many parameters" in cell_output(rec, "compare")
+
+
+def test_dataloaders_and_batch_independence(recorded):
+    rec = recorded("dataloaders")
+    loaders = cell_output(rec, "loaders")
+    assert re.search(r"train\s+60000\s+64\s+True\s+938", loaders) and re.search(r"test\s+10000\s+1000\s+False\s+10", loaders)
+    batch = cell_output(rec, "one-batch")
+    assert "(64, 1, 28, 28)" in batch and "200,704 bytes" in batch and "512 bytes" in batch and "32" in batch
+    independent = cell_output(rec, "any-batch-size")
+    for shape in ("(1, 10)", "(64, 10)", "(1000, 10)"):
+        assert shape in independent
+    difference = float(re.search(r"Largest difference .*: ([0-9.e+-]+)", independent).group(1))
+    assert difference < 1e-5
+    assert "Warning" not in all_output(rec)
