@@ -109,20 +109,23 @@ else:
     print(f"{len(trials)} trials in all")
 
 # %% chart
+MiB = 2**20
 fig, ax = plt.subplots(figsize=(7, 4))
-ok = [(b, used) for b, fits, used in trials if fits]
-over = [(b, used) for b, fits, used in trials if not fits and used is not None]
+ok = sorted((b, used / MiB) for b, fits, used in trials if fits)
+over = [(b, used / MiB) for b, fits, used in trials if not fits and used is not None]
 oom = [b for b, fits, used in trials if used is None]
-ax.plot(*zip(*sorted(ok)), "o-", label="fits")
+ax.plot(*zip(*ok), "o-", label="fits")
 if over:
     ax.plot(*zip(*over), "x", color="red", markersize=9, label="over budget (measured)")
 if oom:
-    ax.plot(oom, [BUDGET_BYTES] * len(oom), "x", color="red", markersize=9, label="out of memory")
-ax.axhline(BUDGET_BYTES, color="grey", linestyle="--", label=f"budget {BUDGET_BYTES / 2**20:.0f} MiB")
+    ax.plot(oom, [BUDGET_BYTES / MiB] * len(oom), "x", color="red", markersize=9, label="out of memory")
+ax.axhline(BUDGET_BYTES / MiB, color="grey", linestyle="--", label=f"budget {BUDGET_BYTES / MiB:.0f} MiB")
 ax.set_xscale("log", base=2)
-ax.set_yscale("log", base=2)
-ax.set_xlabel("batch size (samples)")
-ax.set_ylabel("bytes used by one training step")
+ax.set_yscale("log")
+ax.set_xticks([2**k for k in range(4, 18, 2)], [f"{2**k:,}" for k in range(4, 18, 2)])
+ax.set_xlabel("batch size (samples, log scale)")
+ax.set_ylabel("memory used by one training step (MiB, log scale)")
 ax.set_title(f"Batch-size search on {device.type.upper()}: Adam step of the MNIST MLP")
 ax.legend()
+plt.tight_layout()
 plt.show()

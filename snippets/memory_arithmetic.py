@@ -25,6 +25,9 @@ def load_mnist(train, transform):
                  f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
                  f"that holds MNIST/raw.")
 
+transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+train_dataset = load_mnist(True, transform)                 # real images for the data-batch cell
+
 def tensor_bytes(tensors):
     """Exact bytes of some tensors: number of elements times bytes per element."""
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -106,8 +109,6 @@ print(f"(Unless Adam is 'capturable' or 'fused', PyTorch keeps those step counte
 assert adam_buffers == 2 * param_bytes and optimizer_bytes["SGD with momentum"] == param_bytes
 
 # %% data-batch
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-train_dataset = load_mnist(True, transform)
 image, label = train_dataset[0]
 images, labels = next(iter(DataLoader(train_dataset, batch_size=64, shuffle=False)))
 images, labels = images.to(device), labels.to(device)

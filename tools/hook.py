@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
+import sys
 from pathlib import Path
 
 from mkdocs.structure.files import File
 
-from tools import recordings, snippets
+# MkDocs loads this file by path; make its package importable however mkdocs was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools import recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
-CELL_MARKER = re.compile(r"^<!--\s*cell:\s*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)(?P<flags>(?:\s+[a-z-]+)*)\s*-->\s*$",
+CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$",
                          re.MULTILINE)
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
-TABLE_MARKER = re.compile(r"^<!--\s*(?P<table>[a-z-]+)\s*-->\s*$", re.MULTILINE)
+TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
 FLAGS = {"no-code", "no-output"}
 _stale: dict[str, str] = {}
 
