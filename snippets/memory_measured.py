@@ -108,7 +108,7 @@ print("batch needs no gradient). ReLU saves its output, and layer2 saves that sa
 print("view of its weight (a parameter). Cross-entropy is log_softmax + nll_loss: log_softmax saves its output")
 print("(1024 x 10 floats), nll_loss saves it again, the labels and a 4-byte total weight. The layer1 output")
 print("before ReLU is saved by nobody and is freed as soon as ReLU has run; the logits are kept only by our variable.")
-del output, loss, saved
+del output, loss, saved, model, images, labels   # free them before the measurements below
 
 # %% phases
 OPTIMIZERS = {"SGD": lambda ps: optim.SGD(ps, lr=0.01), "Adam": lambda ps: optim.Adam(ps, lr=1e-3)}
@@ -171,6 +171,10 @@ for optimizer_name in OPTIMIZERS:
         print(f"  parts: parameters {parts['params']:,} | gradients {parts['grads']:,} | optimizer state "
               f"{parts['state']:,} | batch {parts['batch']:,} | saved activations {parts['activations']:,} | "
               f"logits + loss {parts['kept']:,}")
+if device.type == "cuda":
+    print("On CUDA 'allocated' is above 'counted' because the allocator rounds every tensor up to a multiple of")
+    print("512 bytes; 'peak' is higher still because of temporaries, such as the layer1 output before ReLU")
+    print("(freed as soon as ReLU has run) and the buffers Adam's step uses while it updates.")
 
 # %% summary
 print("Summary (bytes)" + ("" if device.type == "cuda" else " - CPU: counted from tensor sizes, not an allocator"))

@@ -29,8 +29,8 @@ def test_preprocessing_finds_the_lessons_constants(recorded):
     assert re.search(r"mean = 0\.1307 .*0\.13066", mean_std) and re.search(r"std  = 0\.3081 .*0\.30810", mean_std)
     normalize = cell_output(rec, "normalize")
     assert "-0.4242" in normalize and "2.8215" in normalize
-    after = next(line for line in normalize.splitlines() if line.strip().startswith("after"))
-    assert after.split()[1:] == ["-0.4242", "2.8215", "-0.0001", "1.0000"]
+    after = next(line for line in normalize.splitlines() if line.startswith("after Normalize"))
+    assert after.split()[2:] == ["-0.4242", "2.8215", "-0.0001", "1.0000"]
     histogram = next(c for c in rec["cells"] if c["name"] == "histogram")
     assert len(histogram["figures"]) == 1
 
