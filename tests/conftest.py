@@ -52,8 +52,13 @@ def all_output(recording: dict) -> str:
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
-    """The site built strictly from the committed recordings (torch unimportable during the build)."""
+    """The site built strictly from the committed recordings (torch unimportable during the build).
+
+    LESSON_SITE=<folder> uses an already built site instead, to iterate on the browser tests quickly.
+    """
     from site_build import build
+    if os.environ.get("LESSON_SITE"):
+        return Path(os.environ["LESSON_SITE"])
     site_dir = tmp_path_factory.mktemp("site")
     process = build(ROOT, site_dir)
     assert process.returncode == 0, process.stderr[-5000:]

@@ -156,7 +156,7 @@ def test_copy_button_copies_exactly_the_cells_code(context, server):
     for index in range(min(blocks.count(), 4)):
         block = blocks.nth(index)
         block.hover()
-        block.locator("button.md-clipboard").click()
+        block.locator("button[data-clipboard-target]").click()
         text = page.evaluate("navigator.clipboard.readText()")
         assert text.rstrip("\n") in cells, text[:200]
         assert text.rstrip("\n") == block.locator("pre code").inner_text().rstrip("\n")
@@ -166,7 +166,6 @@ def test_copy_button_copies_exactly_the_cells_code(context, server):
 
 def test_search_for_adam_leads_to_the_memory_chapter(context, server):
     page = Visit(context, server).open("")
-    page.locator("label.md-header__button[for='__search']").click()
     page.locator("input.md-search__input").click()
     page.keyboard.type("Adam")
     first = page.locator("li.md-search-result__item a").first
@@ -215,7 +214,7 @@ def test_notebook_pages_render_with_figures(context, server):
     for name in with_figures:
         visit = Visit(context, server)
         page = visit.open(f"notebooks/{name}/")
-        assert page.locator(".jp-Notebook .jp-CodeCell").count() == len(snippets.cells(snippets.SNIPPETS_DIR / f"{name}.py"))
+        assert page.locator(".jp-Notebook > .jp-CodeCell").count() == len(snippets.cells(snippets.SNIPPETS_DIR / f"{name}.py"))
         images = page.locator(".jp-OutputArea-output img")
         assert images.count() >= 1 and not visit.broken, name
         assert all(images.nth(i).get_attribute("alt") not in ("", None) for i in range(images.count()))
