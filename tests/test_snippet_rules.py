@@ -20,7 +20,7 @@ def test_the_whole_lesson_is_there():
     assert {p.stem for p in SNIPPETS} == {
         "image_tensors", "preprocessing", "mnist_samples", "mnist_mlp", "cifar_mlp", "dataloaders",
         "memory_arithmetic", "memory_measured", "batch_size_search", "training_loop", "batch_size_effects",
-        "fast_path"}
+        "fast_path", "gpu_overhead", "memory_timeline", "estimators"}
 
 
 @pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.stem)

@@ -1,0 +1,190 @@
+# %% setup
+# What torchsummary and torchinfo estimate for the MNIST MLP at batch 64 and 1024, against the memory one real
+# training step with Adam needs, and what each estimate counts and leaves out.
+# Measured on CUDA: the allocator's peak (max_memory_allocated); on the CPU, which has no allocator counter: the
+# largest count of tensor bytes alive at a phase boundary. Bytes are exact; MiB are 1024-based, MB 10^6 bytes.
+import os, socket, sys, contextlib, io, re, gc
+import torch
+import torch.nn as nn
+import torch.optim as optim
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+import torchsummary
+import torchinfo
+
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+torch.manual_seed(0)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+
+def load_mnist(train, transform):
+    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
+    socket.setdefaulttimeout(10)            # never hang on a dead network
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
+            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+    except Exception as error:
+        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
+                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
+                 f"that holds MNIST/raw.")
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layer1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(128, 10)
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(self.flatten(x))))
+
+def nbytes(tensors):
+    """Exact bytes of some tensors on `device` (Adam's step counters stay on the CPU for a CUDA model)."""
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)
+
+MiB, MB = 2**20, 10**6
+BATCHES = (64, 1024)
+transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+train_dataset = load_mnist(True, transform)
+mnist_images, mnist_labels = next(iter(DataLoader(train_dataset, batch_size=max(BATCHES), shuffle=False)))
+criterion = nn.CrossEntropyLoss()
+model = MLP().to(device)                    # the model both estimators look at
+param_bytes = nbytes(model.parameters())
+print(f"The MLP: {sum(p.numel() for p in model.parameters()):,} parameters = {param_bytes:,} bytes (float32)")
+if device.type == "cuda":                   # warm-up: cuBLAS's workspaces are allocated once, before we measure
+    criterion(model(mnist_images[:64].to(device)), mnist_labels[:64].to(device)).backward()
+    model.zero_grad()
+    torch.cuda.synchronize()
+
+# %% torchsummary-estimate
+LINE = re.compile(r"^(Input size|Forward/backward pass size|Params size|Estimated Total Size) \(MB\): ([0-9.]+)$",
+                  re.M)
+
+def torchsummary_estimate(batch_size):
+    """torchsummary's four size lines, as printed (its "MB" is MiB), captured from its print-out."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        torchsummary.summary(model, input_size=(1, 28, 28), batch_size=batch_size, device=device.type)
+    return dict((name, float(value)) for name, value in LINE.findall(printed.getvalue()))
+
+def torchsummary_formula(batch_size):
+    """The same estimate in exact bytes, by torchsummary's own rule: 4 bytes a number; input, 2 x the output of
+    every module it hooks (all but the model itself), parameters once."""
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel()))
+             for m in model.modules() if m is not model]
+    with torch.no_grad():
+        model(torch.zeros(batch_size, 1, 28, 28, device=device))
+    for hook in hooks:
+        hook.remove()
+    return batch_size * 784 * 4, 2 * sum(outputs) * 4, sum(p.numel() for p in model.parameters()) * 4
+
+summary_bytes, summary_outputs = {}, {}
+for batch_size in BATCHES:
+    lines = torchsummary_estimate(batch_size)
+    data, summary_outputs[batch_size], params = torchsummary_formula(batch_size)
+    exact = summary_bytes[batch_size] = data + summary_outputs[batch_size] + params
+    print(f"torchsummary, batch {batch_size}: " + "; ".join(f"{k} (MB): {v:.2f}" for k, v in lines.items()))
+    total = lines["Estimated Total Size"]
+    print(f"  its 'MB' is MiB: {total:.2f} MiB = {round(total * MiB):,} bytes (+/- {round(MiB * 0.005):,}: it "
+          f"prints 2 decimals); by its formula exactly: {exact:,} bytes = {exact / MiB:.4f} MiB")
+
+# %% torchinfo-estimate
+info_bytes, info_outputs = {}, {}
+for batch_size in BATCHES:
+    stats = torchinfo.summary(model, input_size=(batch_size, 1, 28, 28), device=device, verbose=0)
+    line = next(l for l in str(stats).splitlines() if l.startswith("Estimated Total Size"))
+    total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
+    info_bytes[batch_size], info_outputs[batch_size] = total, stats.total_output_bytes
+    data = batch_size * 784 * 4
+    print(f"torchinfo, batch {batch_size}: {line}  (its MB is 10^6 bytes: {total / MB:.6f} MB = {total:,} bytes)")
+    print(f"  total_input {stats.total_input:,} (the input's {data:,} data bytes + {stats.total_input - data} bytes "
+          f"of Python object: sys.getsizeof of its storage) + total_output_bytes {stats.total_output_bytes:,} + "
+          f"total_param_bytes {stats.total_param_bytes:,}")
+print(f"torchinfo's total_output_bytes at batch 64 = 2 x (64 x 128 + 64 x 10) x 4 = {2 * (64 * 128 + 64 * 10) * 4:,}: "
+      f"only the outputs of layers that have parameters (the two Linear layers), doubled")
+
+# %% measured
+def forward_saving(model, images, labels):
+    """Forward + loss, noting every storage autograd saves for backward (address -> bytes)."""
+    saved = {}
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = model(images)
+        loss = criterion(output, labels)
+    return output, loss, saved
+
+def one_step(batch_size):
+    """One real training step from nothing: model, Adam, batch, forward, backward, step. Returns the counted bytes
+    at each phase boundary and, on CUDA, the allocator's peak above what was allocated before."""
+    if device.type == "cuda":
+        gc.collect(); torch.cuda.empty_cache(); torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    torch.manual_seed(0)
+    net = MLP().to(device)
+    optimizer = optim.Adam(net.parameters(), lr=1e-3)
+    images, labels = mnist_images[:batch_size].to(device), mnist_labels[:batch_size].to(device)
+    output, loss, saved = forward_saving(net, images, labels)
+    params, batch, kept = list(net.parameters()), nbytes([images, labels]), nbytes([output, loss])
+    known = {t.untyped_storage().data_ptr() for t in [*params, images, labels, output, loss]}
+    activations = sum(n for ptr, n in saved.items() if ptr not in known)
+    del saved
+    counted = {"forward": nbytes(params) + batch + activations + kept}
+    loss.backward()
+    counted["backward"] = nbytes(params) + nbytes(p.grad for p in params) + batch + kept
+    optimizer.step()
+    state = nbytes(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    counted["step"] = counted["backward"] + state
+    parts = dict(params=nbytes(params), grads=nbytes(p.grad for p in params), state=state, batch=batch,
+                 activations=activations, kept=kept)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return counted, parts, torch.cuda.max_memory_allocated() - before, before
+    return counted, parts, None, before
+
+measured, kept_by_autograd = {}, {}
+for batch_size in BATCHES:
+    counted, parts, peak, before = one_step(batch_size)
+    measured[batch_size] = peak if peak is not None else max(counted.values())
+    kept_by_autograd[batch_size] = parts["activations"]
+    print(f"batch {batch_size}: counted tensor bytes at forward {counted['forward']:,} | backward "
+          f"{counted['backward']:,} | Adam step {counted['step']:,}")
+    print(f"  parts: parameters {parts['params']:,} + gradients {parts['grads']:,} + Adam state {parts['state']:,} + "
+          f"batch {parts['batch']:,} + saved activations {parts['activations']:,} (until backward) + logits and "
+          f"loss {parts['kept']:,}")
+    if peak is not None:
+        print(f"  CUDA max_memory_allocated during the step: {peak:,} bytes above the {before:,} bytes already "
+              f"allocated before it (the model the estimators looked at, and cuBLAS's workspaces)")
+    else:
+        print(f"  CPU: counted bytes, not an allocator: the largest count at a phase boundary is "
+              f"{measured[batch_size]:,} bytes")
+
+# %% compare
+kind = "CUDA peak (allocator)" if device.type == "cuda" else "CPU peak (counted)"
+print(f"{'batch':>5} {'torchsummary':>14} {'torchinfo':>12} {kind:>22} {'measured/summary':>17} "
+      f"{'measured/info':>14}   (bytes)")
+for batch_size in BATCHES:
+    m = measured[batch_size]
+    print(f"{batch_size:>5} {summary_bytes[batch_size]:>14,} {info_bytes[batch_size]:>12,} {m:>22,} "
+          f"{m / summary_bytes[batch_size]:>17.2f} {m / info_bytes[batch_size]:>14.2f}")
+print("torchsummary: exact bytes of its own formula (it prints MiB labelled 'MB', 2 decimals); torchinfo: "
+      "total_input + total_output_bytes + total_param_bytes (it prints 10^6-byte MB).")
+print("What each counts:")
+print("  torchsummary: the input (4 bytes a number) + 2 x the output of every module it hooks (Flatten, Linear, ReLU,")
+print("    Linear: 784 + 128 + 128 + 10 numbers a sample; Flatten's output is a view of the input and costs nothing)")
+print("    + the parameters once, at 4 bytes each.")
+print("  torchinfo: the input (sys.getsizeof of its storage: data + a Python object header) + 2 x the outputs of the")
+print("    layers that have parameters only (Linear 128 + 10 numbers a sample; ReLU and Flatten are skipped) + the")
+print("    parameters once, at their real element size.")
+print("What both leave out: the parameters' gradients (their x2 is for the layer outputs, not the weights), the")
+print("  optimizer's state (Adam: 2 x the parameters), the labels, and on a GPU the CUDA context, cuBLAS's")
+print("  workspace and the allocator's rounding to 512-byte blocks and its cached segments.")
+b = max(BATCHES)
+print(f"Their 'forward/backward pass' part at batch {b}: torchsummary {summary_outputs[b]:,} bytes, torchinfo "
+      f"{info_outputs[b]:,};")
+print(f"  what autograd really keeps for backward: {kept_by_autograd[b]:,} bytes (ReLU's output, the log-softmax "
+      f"output and a 4-byte weight total;")
+print("  layer1's output before ReLU is freed as soon as ReLU has run).")

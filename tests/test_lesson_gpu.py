@@ -1,0 +1,45 @@
+"""The GPU-memory snippets: on the CPU they fall back, say so, and still print exact counted bytes."""
+from __future__ import annotations
+
+import re
+
+from conftest import cell_output
+
+
+def test_gpu_overhead_falls_back_on_the_cpu_and_says_so(recorded):
+    rec = recorded("gpu_overhead")
+    setup = cell_output(rec, "setup")
+    assert "No CUDA device: the CUDA context, cuBLAS workspace and caching allocator exist only on a GPU" in setup
+    assert "The MLP's parameters: 407,080 bytes in 4 tensors" in cell_output(rec, "model")
+    assert "the two storages hold exactly 1 and 513 bytes" in cell_output(rec, "block-rounding")
+    assert cell_output(rec, "adds-up").splitlines()[0].split() == ["step", "RSS", "(bytes)", "change"]
+
+
+def test_memory_timeline_over_two_steps(recorded):
+    rec = recorded("memory_timeline")
+    table = cell_output(rec, "timeline")
+    assert "(CPU: counted bytes, not an allocator)" in table
+    rows = {m[0].strip(): (int(m[1].replace(",", "")), int(m[2].replace(",", "")))
+            for m in re.findall(r"^([a-z0-9:_ ]+?)\s{2,}([\d,]+)\s+([\d,]+)$", table, re.M)}
+    assert rows["model loaded"] == (407_080, 407_080)
+    assert rows["optimizer created"] == (407_080, 407_080)                      # Adam's state is lazy
+    sgd_step, adam_step = rows["1: optimizer step"]
+    assert adam_step - sgd_step == 814_176                                        # Adam's state appears
+    assert rows["1: backward"][0] - rows["1: zero_grad"][0] == 407_080            # gradients set to None
+    assert rows["2: optimizer step"][1] - rows["2: backward"][1] == 0             # and Adam adds nothing more
+    assert rows["2: zero_grad"] == rows["1: zero_grad"]                           # steady state after step one
+    chart = rec["cells"][-1]
+    assert chart["figures"] and "Memory over two training steps" in chart["figure_descriptions"][0]
+
+
+def test_estimators_against_counted_bytes(recorded):
+    rec = recorded("estimators")
+    summary = cell_output(rec, "torchsummary-estimate")
+    assert "Estimated Total Size (MB): 1.09" in summary and "by its formula exactly: 1,145,384 bytes" in summary
+    assert "by its formula exactly: 12,219,944 bytes" in summary
+    info = cell_output(rec, "torchinfo-estimate")
+    assert "0.678504 MB = 678,504 bytes" in info and "4.748904 MB = 4,748,904 bytes" in info
+    compare = cell_output(rec, "compare")
+    assert re.search(r"^\s+64\s+1,145,384\s+678,504\s+1,832,116", compare, re.M)
+    assert re.search(r"^\s+1024\s+12,219,944\s+4,748,904\s+4,888,756", compare, re.M)
+    assert "What both leave out: the parameters' gradients" in compare
