@@ -116,6 +116,13 @@ def recorded_hardware(page) -> str:
     return "\n".join(rows)
 
 
+def on_post_page(output, page, config):
+    """Notebook pages: let keyboard users scroll wide code and outputs (axe: scrollable-region-focusable)."""
+    if page.file.src_uri.startswith("notebooks/"):
+        output = output.replace("<pre>", '<pre tabindex="0">')
+    return output
+
+
 def on_page_markdown(markdown, page, config, files):
     markdown = CELL_MARKER.sub(
         lambda m: render_cell(m["snippet"], m["cell"], set(m["flags"].split()), page), markdown)
