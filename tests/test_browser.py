@@ -116,6 +116,7 @@ def crawl(browser, server):
         page.close()
     statuses = {target: context.request.get(target).status for target in links}
     context.close()
+    print(f"\ncrawled {len(pages)} pages, checked {len(statuses)} internal links")
     return {"pages": pages, "links": links, "statuses": statuses, "problems": problems, "violations": violations}
 
 
