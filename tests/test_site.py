@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -184,7 +185,10 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 def test_workflows_pass_actionlint():
     files = sorted(WORKFLOWS.glob("*.yml"))
     assert [f.name for f in files] == ["docs.yml", "gpu.yml"]
-    process = subprocess.run([shutil.which("actionlint") or "actionlint", *map(str, files)], cwd=ROOT,
+    beside_python = Path(sys.executable).parent / "actionlint"      # the venv's, when it is not activated
+    actionlint = str(beside_python) if beside_python.exists() else shutil.which("actionlint")
+    assert actionlint, "actionlint is not installed (requirements-dev.txt installs it)"
+    process = subprocess.run([actionlint, *map(str, files)], cwd=ROOT,
                              capture_output=True, text=True)
     assert process.returncode == 0, process.stdout + process.stderr
 
