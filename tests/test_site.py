@@ -209,3 +209,14 @@ def test_every_action_is_pinned_to_a_full_commit_sha():
     for path in WORKFLOWS.glob("*.yml"):
         for uses in re.findall(r"uses:\s*(\S+)", path.read_text()):
             assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses), f"{path.name}: {uses}"
+
+
+def test_notebook_pages_carry_only_the_stylesheet_they_use(site):
+    """nbconvert inlines ~570 KB of JupyterLab CSS; the hook keeps the rules that can match the page."""
+    for path in snippets.find():
+        page = (site / "notebooks" / path.stem / "index.html").read_text()
+        styles = re.findall(r"<style[^>]*>(.*?)</style>", page, re.S)
+        assert max(map(len, styles)) < 200_000
+        assert ".jp-OutputArea-output" in "".join(styles)          # rules the page uses survive
+        assert ".jp-Dialog" not in "".join(styles)                  # rules for absent elements go
+        assert '<pre tabindex="0">' in page

@@ -19,7 +19,7 @@ from mkdocs.structure.files import File
 
 # MkDocs loads this file by path; make its package importable however mkdocs was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import recordings, snippets  # noqa: E402
+from tools import notebook_pages, recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
 CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$",
@@ -117,10 +117,8 @@ def recorded_hardware(page) -> str:
 
 
 def on_post_page(output, page, config):
-    """Notebook pages: let keyboard users scroll wide code and outputs (axe: scrollable-region-focusable)."""
-    if page.file.src_uri.startswith("notebooks/"):
-        output = output.replace("<pre>", '<pre tabindex="0">')
-    return output
+    """Notebook pages: only the stylesheet rules they use, and keyboard-scrollable code boxes."""
+    return notebook_pages.slim(output) if page.file.src_uri.startswith("notebooks/") else output
 
 
 def on_page_markdown(markdown, page, config, files):
