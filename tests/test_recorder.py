@@ -168,3 +168,22 @@ def test_cell_parser_keeps_line_numbers(tmp_path):
     cells = snippets.cells(path)
     assert [(c.name, c.first_line) for c in cells] == [("setup", 2), ("chart", 8)]
     assert cells[0].source.endswith('print("first cell")')
+
+
+def test_notebook_is_made_from_the_recording_and_kept_in_step(project):
+    import nbformat
+    record(project)
+    path = project / "notebooks" / "demo.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert [c.metadata["title"] for c in code] == ["setup", "chart"]
+    assert code[0].source == snippets.cells(project / "snippets" / "demo.py")[0].source
+    assert code[1].outputs[0]["text"] == "42\n"
+    figure = code[1].outputs[1]["data"]
+    assert 'alt="growth: value against step"' in figure["text/html"] and "base64," in figure["text/html"]
+    assert not any(c.get("execution_count") for c in code)
+    path.write_text(path.read_text().replace("42", "43"))          # a hand edit makes it stale
+    check = record(project, "--check")
+    assert check.returncode == 1 and "demo: stale: demo.ipynb does not match the recording" in check.stdout
+    assert "demo: current, notebook rewritten" in record(project).stdout
+    assert record(project, "--check").returncode == 0

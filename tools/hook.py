@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools import notebook_pages, recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
-CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$",
-                         re.MULTILINE)
+CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
+                         r"(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$", re.MULTILINE)
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
 FLAGS = {"no-code", "no-output"}
