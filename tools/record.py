@@ -42,9 +42,9 @@ def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
         result = json.loads(result_file.read_text(encoding="utf-8"))
         failed = result["cells"][-1] if result["cells"] and result["cells"][-1]["error"] else None
         if failed:
+            tail = failed["stdout"][-2000:]
             raise CellFailed(f"{path.name}, cell '{failed['name']}' raised:\n{failed['error']}"
-                             f"{failed['stdout'][-2000:] and chr(10) + 'its output ended with:' + chr(10)}"
-                             f"{failed['stdout'][-2000:]}")
+                             + (f"\nits output ended with:\n{tail}" if tail else ""))
         if device == "cuda" and not result["cuda_used"]:
             raise CellFailed(f"{path.name}: recorded for cuda, but torch in the snippet saw no CUDA device")
         for cell in result["cells"]:

@@ -63,7 +63,7 @@ def _cuda_in_use():
 
 def _describe(figure) -> str:
     """Alt text from what the figure says about itself: titles and axis labels."""
-    parts = [figure._suptitle.get_text()] if getattr(figure, "_suptitle", None) else []
+    parts = [figure.get_suptitle()]
     for axes in figure.axes:
         title, x, y = axes.get_title(), axes.get_xlabel(), axes.get_ylabel()
         if title or x or y:
