@@ -3,7 +3,9 @@
 nbconvert inlines all of JupyterLab's stylesheet, about 570 KB, into every notebook page. ``slim`` keeps only the
 rules whose selectors can match an element of that page (every class a selector needs, outside ``:not(...)``, is
 used on the page), which brings a page under 1 MB with its figures. It also makes code and output boxes, which
-scroll sideways, reachable by keyboard.
+scroll sideways, reachable by keyboard, and drops nbconvert's mermaid loader: a module script that would import
+mermaid from cdnjs.cloudflare.com if a page had a diagram. No page here has one, and no page may fetch from another
+origin; mkdocs-jupyter 0.26 has no option to leave it out (its template always calls nbconvert's ``mermaid_js``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import tinycss2
 STYLE = re.compile(r"(<style[^>]*>)(.*?)(</style>)", re.S)
 NOT = re.compile(r":not\([^)]*\)")
 CLASS = re.compile(r"\.([\w-]+)")
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S | re.I)
+COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
 
 
 def _selectors(prelude: str) -> list[frozenset[str]]:
@@ -53,7 +57,26 @@ def _keep(rules: tuple, classes: set[str]) -> str:
     return "".join(kept)
 
 
+def drop_mermaid(html: str) -> str:
+    """The page without nbconvert's mermaid loader: every <script> and comment that mentions mermaid. (Its
+    stylesheet goes in ``slim``, which keeps none of its rules on a page without a mermaid diagram.)"""
+    html = SCRIPT.sub(lambda m: "" if "mermaid" in m[0].lower() else m[0], html)
+    return COMMENT.sub(lambda m: "" if "mermaid" in m[0].lower() else m[0], html)
+
+
+def _style(m: re.Match, classes: set[str]) -> str:
+    """A <style> element with only the rules the page can use: for JupyterLab's big stylesheet and for the mermaid
+    styles; an element left empty goes."""
+    css = m[2]
+    if len(css) > 50_000 or "mermaid" in css.lower():
+        css = purge(css, classes)
+        if not css.strip():
+            return ""
+    return m[1] + css + m[3]
+
+
 def slim(html: str) -> str:
+    html = drop_mermaid(html)
     classes = {name for attribute in re.findall(r'class="([^"]*)"', html) for name in attribute.split()}
-    html = STYLE.sub(lambda m: m[1] + (purge(m[2], classes) if len(m[2]) > 50_000 else m[2]) + m[3], html)
+    html = STYLE.sub(lambda m: _style(m, classes), html)
     return html.replace("<pre>", '<pre tabindex="0">')
