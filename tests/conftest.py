@@ -21,8 +21,11 @@ def run_recorder(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subpr
 @pytest.fixture(scope="session")
 def lesson_outputs(tmp_path_factory) -> Path:
     """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings."""
-    if not (Path(os.environ["LESSON_DATA"]) / "MNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST not found under LESSON_DATA={os.environ['LESSON_DATA']}")
+    data = Path(os.environ["LESSON_DATA"])
+    if not (data / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST not found: no folder {data / 'MNIST' / 'raw'} (from LESSON_DATA={data}). Fix: point "
+                    "LESSON_DATA at a folder that holds MNIST/raw, e.g. LESSON_DATA=../shared/data, or at an empty "
+                    "folder on a machine with network access, where the snippets download MNIST into it.")
     out = tmp_path_factory.mktemp("outputs")
     process = run_recorder("--device", "cpu", "--force", "--out", str(out))
     assert process.returncode == 0, process.stdout + process.stderr
@@ -35,7 +38,7 @@ def recorded(lesson_outputs):
     import json
 
     def load(name: str) -> dict:
-        return json.loads((lesson_outputs / f"{name}.json").read_text(encoding="utf-8"))
+        return json.loads((lesson_outputs / "cpu" / f"{name}.json").read_text(encoding="utf-8"))
     return load
 
 

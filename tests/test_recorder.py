@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -43,8 +44,8 @@ def record(project, *args):
                         str(project / "outputs"), *args)
 
 
-def recording(project, name="demo"):
-    return json.loads((project / "outputs" / f"{name}.json").read_text())
+def recording(project, name="demo", device="cpu"):
+    return json.loads((project / "outputs" / device / f"{name}.json").read_text())
 
 
 def test_cells_are_split_and_share_one_namespace(project):
@@ -63,9 +64,9 @@ def test_figures_are_captured_as_png_with_a_description(project):
     record(project)
     cells = recording(project)["cells"]
     assert cells[0]["figures"] == []
-    assert cells[1]["figures"] == ["outputs/demo/chart-1.png"]
+    assert cells[1]["figures"] == ["outputs/cpu/demo/chart-1.png"]
     assert cells[1]["figure_descriptions"] == ["growth: value against step"]
-    png = (project / "outputs" / "demo" / "chart-1.png").read_bytes()
+    png = (project / "outputs" / "cpu" / "demo" / "chart-1.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
 
@@ -76,7 +77,8 @@ def test_environment_stamp_and_hash(project):
     assert data["sha256"] == hashlib.sha256((project / "snippets" / "demo.py").read_bytes()).hexdigest()
     env = data["environment"]
     assert env["device"] == "cpu" and env["cuda"] is None
-    assert env["torch"] == metadata.version("torch") and env["torchvision"] == metadata.version("torchvision")
+    for library in environment.LIBRARIES:
+        assert env[library] == metadata.version(library)
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["device_name"] == environment.cpu_name() and env["recorded_at"].startswith("20")
     assert data["seconds"] > 0
@@ -84,52 +86,45 @@ def test_environment_stamp_and_hash(project):
 
 def test_current_recording_is_skipped_unless_forced(project):
     record(project)
-    before = (project / "outputs" / "demo.json").read_bytes()
+    before = (project / "outputs" / "cpu" / "demo.json").read_bytes()
     again = record(project)
-    assert again.returncode == 0 and "demo: current, skipped" in again.stdout
-    assert (project / "outputs" / "demo.json").read_bytes() == before
+    assert again.returncode == 0 and "demo: current on cpu, skipped" in again.stdout
+    assert (project / "outputs" / "cpu" / "demo.json").read_bytes() == before
     forced = record(project, "--force")
     assert forced.returncode == 0 and "demo: recorded on cpu" in forced.stdout
 
 
-def test_other_environment_is_not_current(project):
-    record(project)
-    data = recording(project)
-    data["environment"]["device_name"] = "NVIDIA H200"
-    (project / "outputs" / "demo.json").write_text(json.dumps(data))
-    assert "demo: recorded on cpu" in record(project).stdout
-
-
 def test_check_lists_missing_stale_and_orphan_recordings(project):
     check = record(project, "--check")
-    assert check.returncode == 1 and "demo: no recording" in check.stdout
+    assert check.returncode == 1 and "demo (cpu): no recording" in check.stdout
     record(project)
     assert record(project, "--check").returncode == 0
     path = project / "snippets" / "demo.py"
     path.write_text(GOOD.replace("answer = 21", "answer = 20"))
     check = record(project, "--check")
     assert check.returncode == 1
-    assert "demo: stale: demo.py changed" in check.stdout and "python -m tools.record demo" in check.stdout
+    assert "demo (cpu): stale: demo.py changed" in check.stdout
+    assert "python -m tools.record --device cpu demo" in check.stdout
     assert "demo: recorded on cpu" in record(project).stdout
     assert recording(project)["cells"][1]["stdout"] == "40\n"
     path.rename(project / "snippets" / "renamed.py")
     record(project)
     check = record(project, "--check")
-    assert check.returncode == 1 and "demo: recording without a snippet" in check.stdout
+    assert check.returncode == 1 and "demo (cpu): recording without a snippet" in check.stdout
 
 
 def test_failing_cell_names_snippet_and_cell_and_keeps_old_recording(project):
     record(project)
-    before = (project / "outputs" / "demo.json").read_bytes()
-    figure = (project / "outputs" / "demo" / "chart-1.png").read_bytes()
+    before = (project / "outputs" / "cpu" / "demo.json").read_bytes()
+    figure = (project / "outputs" / "cpu" / "demo" / "chart-1.png").read_bytes()
     (project / "snippets" / "demo.py").write_text(GOOD.replace("print(answer * 2)", "print(answer / 0)"))
     process = record(project)
     assert process.returncode == 1
     assert "demo.py, cell 'chart' raised" in process.stderr
     assert "ZeroDivisionError" in process.stderr and "line 9" in process.stderr   # the line in the snippet file
-    assert (project / "outputs" / "demo.json").read_bytes() == before
-    assert (project / "outputs" / "demo" / "chart-1.png").read_bytes() == figure
-    assert not [p for p in (project / "outputs").iterdir() if p.name.startswith(".")]   # no scratch left
+    assert (project / "outputs" / "cpu" / "demo.json").read_bytes() == before
+    assert (project / "outputs" / "cpu" / "demo" / "chart-1.png").read_bytes() == figure
+    assert not [p for p in (project / "outputs" / "cpu").iterdir() if p.name.startswith(".")]   # no scratch left
 
 
 def test_a_snippet_that_exits_fails(project):
@@ -137,7 +132,7 @@ def test_a_snippet_that_exits_fails(project):
     process = record(project, "quits")
     assert process.returncode == 1 and "quits.py, cell 'setup' raised" in process.stderr
     assert "SystemExit: no data" in process.stderr
-    assert not (project / "outputs" / "quits.json").exists()
+    assert not (project / "outputs" / "cpu" / "quits.json").exists()
 
 
 def test_unknown_name_and_missing_gpu_are_refused(project):
@@ -179,11 +174,78 @@ def test_notebook_is_made_from_the_recording_and_kept_in_step(project):
     assert [c.metadata["title"] for c in code] == ["setup", "chart"]
     assert code[0].source == snippets.cells(project / "snippets" / "demo.py")[0].source
     assert code[1].outputs[0]["text"] == "42\n"
-    figure = code[1].outputs[1]["data"]
+    figure = code[1].outputs[2]["data"]
     assert 'alt="growth: value against step"' in figure["text/html"] and "base64," in figure["text/html"]
     assert not any(c.get("execution_count") for c in code)
+    assert code[1].outputs[1] == {"output_type": "stream", "name": "stderr",      # warnings are outputs too
+                                  "text": "UserWarning: a warning, kept apart\n"}
+    assert "Not recorded on a GPU yet" in notebook.cells[0].source
     path.write_text(path.read_text().replace("42", "43"))          # a hand edit makes it stale
     check = record(project, "--check")
-    assert check.returncode == 1 and "demo: stale: demo.ipynb does not match the recording" in check.stdout
+    assert check.returncode == 1 and "demo (cpu): stale: demo.ipynb does not match the recording" in check.stdout
     assert "demo: current, notebook rewritten" in record(project).stdout
     assert record(project, "--check").returncode == 0
+
+
+def as_cuda_recording(project):
+    """A copy of the CPU recording filed as a CUDA one (as a GPU run would make it), for tests without a GPU."""
+    data = recording(project)
+    data["environment"].update(device="cuda", device_name="NVIDIA H200", cuda="13.0")
+    for cell in data["cells"]:
+        cell["figures"] = [f.replace("outputs/cpu/", "outputs/cuda/") for f in cell["figures"]]
+    target = project / "outputs" / "cuda"
+    target.mkdir(exist_ok=True)
+    (target / "demo.json").write_text(json.dumps(data))
+    shutil.copytree(project / "outputs" / "cpu" / "demo", target / "demo")
+    return data
+
+
+def test_a_cuda_recording_sits_beside_the_cpu_one_and_the_notebook_prefers_it(project):
+    import nbformat
+    record(project)
+    cpu_before = (project / "outputs" / "cpu" / "demo.json").read_bytes()
+    as_cuda_recording(project)
+    assert "demo: current, notebook rewritten" in record(project).stdout     # the notebook follows the GPU set
+    notebook = nbformat.read(project / "notebooks" / "demo.ipynb", as_version=4)
+    assert notebook.cells[0].source.startswith("*Outputs recorded on GPU · NVIDIA H200")
+    assert "Also recorded on CPU" in notebook.cells[0].source
+    assert record(project, "--check").returncode == 0
+    record(project, "--force")                                                # a CPU run leaves the CUDA set
+    assert (project / "outputs" / "cuda" / "demo.json").exists()
+    assert recording(project, device="cuda")["environment"]["device_name"] == "NVIDIA H200"
+    assert recording(project)["environment"]["device"] == "cpu"
+    assert (project / "outputs" / "cpu" / "demo.json").read_bytes() != cpu_before          # re-recorded
+
+
+FIELDS = [(field, value) for field, value in [
+    ("device", "cuda"), ("torch", "2.13.0"), ("torchvision", "0.28.0"), ("torchsummary", "1.5.0"),
+    ("torchinfo", "1.7.2"), ("numpy", "2.3.0"), ("matplotlib", "3.10.0"),
+    ("device_name", "Intel Xeon"), ("cuda", "12.8"), ("python", "3.11.99"), ("platform", "Linux-5.4-other-kernel"),
+    ("recorded_at", "2020-01-01T00:00:00+00:00")]]
+
+
+@pytest.mark.parametrize("field, value", FIELDS, ids=[f for f, _ in FIELDS])
+def test_check_plain_record_and_strict_build_agree_on_every_environment_field(project, field, value):
+    """Change one field of the stamp: --check, a plain run (its --dry-run plan, and the run itself for the fields
+    that make it stale) and the site hook agree, and exactly the KEY_FIELDS decide."""
+    from tools import recordings
+    from tools.record import write_notebook
+    record(project)
+    data = recording(project)
+    data["environment"][field] = value
+    (project / "outputs" / "cpu" / "demo.json").write_text(json.dumps(data))
+    write_notebook(project / "snippets" / "demo.py", project / "outputs")   # the stamp is in the notebook too
+    stale = field in environment.KEY_FIELDS
+    check = record(project, "--check")
+    plan = record(project, "--dry-run")
+    problems = recordings.problems(project / "snippets", project / "outputs")
+    assert (check.returncode == 1) == stale, check.stdout
+    assert ("would record demo on cpu" in plan.stdout) == stale, plan.stdout
+    assert bool(problems) == stale                                    # what the hook warns about in a build
+    if stale:
+        assert field in check.stdout and field in plan.stdout
+        ran = record(project)
+        assert "demo: recorded on cpu" in ran.stdout
+        assert recording(project)["environment"][field] != value
+    else:
+        assert "demo: current on cpu, skipped" in record(project).stdout

@@ -1,10 +1,26 @@
-"""Which device a recording is made on, and the environment stamp, without importing torch (that takes seconds)."""
+"""Which device a recording is made on, the environment stamp, and which of its fields decide whether a recording
+is current. No torch import here (that takes seconds): versions come from package metadata.
+
+A recording is *current* when it was made from the snippet's present bytes and its ``key`` (device class and the
+versions of the libraries that can change what a snippet prints) equals ``expected_key`` for its device class: the
+versions pinned in ``requirements-lesson.txt``. Everything else in the stamp (the machine's name, the kernel build,
+the Python patch release, the date) is shown on the site but never makes a recording stale. ``tools.record``,
+``tools.record --check`` and the mkdocs hook all decide through ``tools.recordings.problems``, which uses this.
+"""
 from __future__ import annotations
 
 import ctypes
 import platform
+import re
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PINS_FILE = ROOT / "requirements-lesson.txt"
+DEVICES = ("cuda", "cpu")               # the device classes, in the order the site shows them: GPU first
+LIBRARIES = ("torch", "torchvision", "torchsummary", "torchinfo", "numpy", "matplotlib")
+KEY_FIELDS = ("device", *LIBRARIES)     # the fields that decide whether a recording is current
 
 
 def cuda_device_name() -> str | None:
@@ -47,13 +63,20 @@ def resolve(requested: str) -> str:
     return "cuda" if has_gpu else "cpu"
 
 
+def installed(library: str) -> str | None:
+    """The installed version of ``library`` (from its metadata, without importing it), or None."""
+    try:
+        return metadata.version(library)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def stamp(device: str, cuda_version: str | None = None) -> dict:
-    """The environment a recording was made in. ``key(stamp)`` is what decides whether it is still current."""
+    """The environment a recording is made in: ``KEY_FIELDS`` plus fields shown on the site only."""
     return {
         "device": device,
         "device_name": (cuda_device_name() or "unknown GPU") if device == "cuda" else cpu_name(),
-        "torch": metadata.version("torch"),
-        "torchvision": metadata.version("torchvision"),
+        **{library: installed(library) for library in LIBRARIES},
         "cuda": cuda_version if device == "cuda" else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -61,8 +84,30 @@ def stamp(device: str, cuda_version: str | None = None) -> dict:
     }
 
 
-KEY_FIELDS = ("device", "device_name", "torch", "torchvision", "python", "platform")
+def key(environment: dict) -> dict:
+    """The fields of a stamp that decide whether its recording is current."""
+    return {field: environment.get(field) for field in KEY_FIELDS}
 
 
-def key(environment: dict) -> tuple:
-    return tuple(environment.get(field) for field in KEY_FIELDS)
+def pinned(pins_file: Path = PINS_FILE) -> dict[str, str]:
+    """``{library: version}`` for every ``name==version`` line of requirements-lesson.txt (names lower-cased)."""
+    pins = {}
+    for line in Path(pins_file).read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)", line)
+        if match:
+            pins[match[1].lower()] = match[2]
+    return pins
+
+
+def expected_key(device: str, pins_file: Path = PINS_FILE) -> dict:
+    """What ``key`` must be for a recording of ``device`` to be current: the device and the pinned versions."""
+    pins = pinned(pins_file)
+    return {"device": device, **{library: pins.get(library) for library in LIBRARIES}}
+
+
+def key_differences(environment: dict, device: str, pins_file: Path = PINS_FILE) -> list[str]:
+    """Human-readable differences between a stamp's key and the expected one, e.g. 'torch 2.13.0, pinned 2.14.1'."""
+    have, want = key(environment), expected_key(device, pins_file)
+    return [f"{field} {have[field]}, expected {want[field]}" if field == "device" else
+            f"{field} {have[field]}, pinned {want[field]}"
+            for field in KEY_FIELDS if have[field] != want[field]]

@@ -1,11 +1,19 @@
-"""MkDocs hook: expand ``<!-- cell: SNIPPET/CELL -->`` markers into the cell's code, recorded output, figures and stamp.
+"""MkDocs hook: expand ``<!-- cell: SNIPPET/CELL -->`` markers into the cell's code, recorded outputs, figures and
+stamps, one content tab per device class that recorded it (GPU first).
 
 It reads snippet files and recordings only: building the site never runs a snippet and never imports torch.
-A missing or stale recording, or a marker naming a cell that does not exist, is a warning, so
-``mkdocs build --strict`` fails, naming the snippet and the command that fixes it.
+A recording that needs re-running (``tools.recordings.problems``, the same definition as ``python -m tools.record``
+and ``--check``), or a marker naming a cell that does not exist, is a warning, so ``mkdocs build --strict`` fails,
+naming the snippet and the command that fixes it.
 
-Other markers: ``<!-- computation-times -->`` (a table of every cell's seconds and peak memory) and
-``<!-- recorded-hardware -->`` (which machines produced the outputs).
+Markers:
+
+- ``<!-- cell: SNIPPET/CELL [no-code] [no-output] [gpu] -->``: the cell. ``gpu`` marks a cell whose output differs
+  on a GPU: without a CUDA recording it still gets a GPU tab, saying that it has not been recorded on a GPU yet.
+- ``<!-- gpu-only: SNIPPET -->`` … ``<!-- /gpu-only -->``: prose about GPU results, kept only when SNIPPET has a
+  CUDA recording. ``<!-- cpu-only: SNIPPET -->`` … ``<!-- /cpu-only -->``: kept only when it has none.
+- ``<!-- computation-times -->`` (every cell's seconds and peak memory, per device) and ``<!-- recorded-hardware -->``
+  (which machines produced the outputs, and how many snippets each recorded).
 """
 from __future__ import annotations
 
@@ -24,9 +32,12 @@ from tools import notebook_pages, recordings, snippets  # noqa: E402
 log = logging.getLogger("mkdocs.hooks.lesson")
 CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
                          r"(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$", re.MULTILINE)
+DEVICE_BLOCK = re.compile(r"^<!--[ \t]*(?P<kind>gpu|cpu)-only:[ \t]*(?P<snippet>[\w-]+)[ \t]*-->[ \t]*\n"
+                          r"(?P<body>.*?)^<!--[ \t]*/(?P=kind)-only[ \t]*-->[ \t]*$", re.MULTILINE | re.DOTALL)
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
-FLAGS = {"no-code", "no-output"}
+FLAGS = {"no-code", "no-output", "gpu"}
+KIND = {"cuda": "GPU", "cpu": "CPU"}
 _stale: dict[str, str] = {}
 
 
@@ -34,7 +45,7 @@ def on_files(files, config):
     """Check every recording once per build, and publish the snippet files so readers can download them."""
     _stale.clear()
     for problem in recordings.problems():
-        _stale[problem.name] = str(problem)
+        _stale.setdefault(f"{problem.name}/{problem.device}", str(problem))
         log.warning("Recording %s", problem)
     for path in snippets.find():
         files.append(File(f"snippets/{path.name}", str(snippets.ROOT), config["site_dir"],
@@ -46,17 +57,43 @@ def _relative(page, target: str) -> str:
     return posixpath.relpath(target, posixpath.dirname(page.file.src_uri) or ".")
 
 
+def tab_label(recording: dict) -> str:
+    env = recording["environment"]
+    return f"{KIND[env['device']]} · {env['device_name']}"
+
+
 def stamp(recording: dict, page) -> str:
     env, snippet = recording["environment"], recording["snippet"]
     name = Path(snippet).stem
-    return (f"Recorded on **{env['device_name']}** ({env['device']}) · torch {env['torch']} · "
+    return (f"Recorded on **{env['device_name']}** ({KIND[env['device']]}) · torch {env['torch']} · "
             f"{env['recorded_at'][:10]} · [{snippet}]({_relative(page, snippet)}) · "
             f"[notebook]({_relative(page, f'notebooks/{name}.ipynb')})\n{{: .cell-stamp }}")
 
 
-def fence(text: str, language: str, title: str) -> str:
+def fence(text: str, language: str, title: str, css_class: str = "") -> str:
     ticks = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    if css_class:
+        return f'{ticks}{{.{language} .{css_class} title="{title}"}}\n{text.rstrip()}\n{ticks}'
     return f'{ticks}{language} title="{title}"\n{text.rstrip()}\n{ticks}'
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" if line else "" for line in text.splitlines())
+
+
+def outputs(result: dict, recording: dict, page, show_output: bool) -> str:
+    """A recorded cell's stdout, its stderr and warnings (styled apart), its figures, and the stamp."""
+    parts = []
+    if show_output:
+        if result["stdout"]:
+            parts.append(fence(result["stdout"], "text", "Output"))
+        errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
+        if errors:
+            parts.append(fence(errors, "text", "stderr and warnings", "cell-stderr"))
+        for figure, description in zip(result["figures"], result["figure_descriptions"]):
+            parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
+    parts.append(stamp(recording, page))
+    return "\n\n".join(parts)
 
 
 def render_cell(snippet_name: str, cell_name: str, flags: set[str], page) -> str:
@@ -69,51 +106,85 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page) -> str
     if cell is None or flags - FLAGS:
         log.warning("%s: no cell %r in %s, or unknown flags %s", where, cell_name, path.name, flags - FLAGS or "")
         return f'!!! failure "Missing cell"\n    `{snippet_name}/{cell_name}` does not exist.'
-    recording = recordings.load(snippet_name)
-    if snippet_name in _stale or recording is None:
-        return (f'!!! failure "Stale or missing recording"\n    {_stale.get(snippet_name, "no recording")}\n\n'
-                + fence(cell.source, "python", f"{path.name} · {cell.name}"))
-    result = next(r for r in recording["cells"] if r["name"] == cell_name)
-    parts = [] if "no-code" in flags else [fence(cell.source, "python", f"{path.name} · {cell.name}")]
-    if "no-output" not in flags:
-        if result["stdout"]:
-            parts.append(fence(result["stdout"], "text", "Output"))
-        for figure, description in zip(result["figures"], result["figure_descriptions"]):
-            parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
-    parts.append(stamp(recording, page))
+    code = fence(cell.source, "python", f"{path.name} · {cell.name}")
+    found = recordings.load_all(snippet_name)
+    stale = [_stale[f"{snippet_name}/{device}"] for device in recordings.DEVICES if f"{snippet_name}/{device}" in _stale]
+    if stale or recordings.REQUIRED not in found:
+        reason = "\n\n    ".join(stale) or "no recording"
+        return f'!!! failure "Stale or missing recording"\n    {reason}\n\n{code}'
+    parts = [] if "no-code" in flags else [code]
+    blocks = []
+    for device, recording in found.items():
+        result = next(r for r in recording["cells"] if r["name"] == cell_name)
+        blocks.append((tab_label(recording), outputs(result, recording, page, "no-output" not in flags)))
+    if len(blocks) == 1 and "gpu" in flags:
+        blocks.insert(0, ("GPU · not recorded yet", f"Not recorded on a GPU yet: on a machine with CUDA, run "
+                                 f"`python -m tools.record --device cuda {snippet_name}`."))
+        selected = 1
+    else:
+        selected = 0
+    if len(blocks) == 1:
+        parts.append(blocks[0][1])
+    else:
+        parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n{_indent(body)}'
+                                 for index, (label, body) in enumerate(blocks)))
     return "\n\n".join(parts)
+
+
+def device_blocks(markdown: str, page) -> str:
+    """Keep or drop ``gpu-only`` / ``cpu-only`` prose blocks by whether their snippet has a CUDA recording."""
+    known = {p.stem for p in snippets.find()}
+
+    def keep(match):
+        name = match["snippet"]
+        if name not in known:
+            log.warning("%s: <!-- %s-only: %s --> names a snippet that does not exist",
+                        page.file.src_uri, match["kind"], name)
+            return ""
+        has_gpu = recordings.path_for(name, "cuda").exists()
+        return match["body"] if has_gpu == (match["kind"] == "gpu") else ""
+    return DEVICE_BLOCK.sub(keep, markdown)
 
 
 def _all_recordings():
     for path in snippets.find():
-        recording = recordings.load(path.stem)
-        if recording:
-            yield path.stem, recording
+        for device, recording in recordings.load_all(path.stem).items():
+            yield path.stem, device, recording
 
 
 def computation_times(page) -> str:
-    rows = ["| Snippet | Cell | Seconds | Peak memory (MiB) | Measured as | Device |", "|---|---|--:|--:|---|---|"]
-    for name, recording in _all_recordings():
-        env = recording["environment"]
-        rows.append(f"| [{name}]({_relative(page, f'notebooks/{name}.ipynb')}) | **whole file** "
-                    f"| **{recording['seconds']:.2f}** | | | {env['device_name']} |")
+    rows = ["| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |", "|---|---|---|--:|--:|---|"]
+    totals: dict[str, float] = {}
+    for name, device, recording in _all_recordings():
+        totals[device] = totals.get(device, 0) + recording["seconds"]
+        rows.append(f"| [{name}]({_relative(page, f'notebooks/{name}.ipynb')}) | {tab_label(recording)} "
+                    f"| **whole file** | **{recording['seconds']:.2f}** | | |")
         for cell in recording["cells"]:
-            rows.append(f"| | {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
-                        f"| {cell['peak_memory_kind']} | |")
-    total = sum(r["seconds"] for _, r in _all_recordings())
-    return "\n".join(rows) + f"\n\nAll snippets together: **{total:.1f} s**, each in its own fresh process."
+            rows.append(f"| | | {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
+                        f"| {cell['peak_memory_kind']} |")
+    summary = "; ".join(f"on {KIND[device]}, **{seconds:.1f} s**" for device, seconds in totals.items())
+    return "\n".join(rows) + f"\n\nAll snippets together, each in its own fresh process: {summary}."
 
 
 def recorded_hardware(page) -> str:
     machines: dict[tuple, list[str]] = {}
-    for name, recording in _all_recordings():
+    for name, device, recording in _all_recordings():
         env = recording["environment"]
-        key = (env["device_name"], env["device"], env["torch"], env["torchvision"], env["cuda"] or "—",
+        key = (f"{KIND[device]} · {env['device_name']}", env["torch"], env["torchvision"], env["cuda"] or "—",
                env["python"], env["recorded_at"][:10])
         machines.setdefault(key, []).append(name)
-    rows = ["| Device | Kind | torch | torchvision | CUDA | Python | Recorded | Snippets |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| Device | torch | torchvision | CUDA | Python | Recorded | Snippets |", "|---|---|---|---|---|---|---|"]
     rows += [f"| {' | '.join(key)} | {len(names)} |" for key, names in machines.items()]
-    return "\n".join(rows)
+    total = len(snippets.find())
+    on_gpu = sum(1 for path in snippets.find() if recordings.path_for(path.stem, "cuda").exists())
+    if on_gpu == 0:
+        summary = (f"All {total} snippets were recorded on a CPU, and **none has been recorded on a GPU yet**: "
+                   "where a GPU would print something different, the page's GPU tab says so and says how to "
+                   "record it.")
+    else:
+        summary = (f"All {total} snippets were recorded on a CPU; {on_gpu} of them also on a GPU, shown in a GPU "
+                   "tab beside the CPU one.")
+    return "\n".join(rows) + "\n\n" + summary
 
 
 def on_post_page(output, page, config):
@@ -122,6 +193,7 @@ def on_post_page(output, page, config):
 
 
 def on_page_markdown(markdown, page, config, files):
+    markdown = device_blocks(markdown, page)
     markdown = CELL_MARKER.sub(
         lambda m: render_cell(m["snippet"], m["cell"], set(m["flags"].split()), page), markdown)
 

@@ -1,4 +1,8 @@
-"""A Jupyter notebook made from a snippet's cells and its recording (nothing is executed)."""
+"""A Jupyter notebook made from a snippet's cells and one of its recordings (nothing is executed).
+
+The notebook carries the CUDA recording's outputs where the snippet has one, else the CPU recording's; its first
+cell says which, and names the other recording when there is one.
+"""
 from __future__ import annotations
 
 import base64
@@ -10,30 +14,47 @@ import nbformat
 from tools import recordings, snippets
 
 NOTEBOOKS_DIR = snippets.ROOT / "docs" / "notebooks"
+KIND = {"cuda": "GPU", "cpu": "CPU"}
 
 
-def stamp_text(recording: dict) -> str:
+def stamp_text(recording: dict, others: dict[str, dict] | None = None) -> str:
     env = recording["environment"]
-    return (f"Outputs recorded on {env['device_name']} ({env['device']}) with torch {env['torch']}, "
+    text = (f"Outputs recorded on {KIND[env['device']]} · {env['device_name']} with torch {env['torch']}, "
             f"{env['recorded_at'][:10]}, from `{recording['snippet']}`.")
+    rest = [r["environment"] for device, r in (others or {}).items() if device != env["device"]]
+    if rest:
+        text += " Also recorded on " + ", ".join(f"{KIND[e['device']]} · {e['device_name']}" for e in rest) + \
+            ": the chapter page shows both."
+    elif env["device"] == "cpu":
+        text += " Not recorded on a GPU yet: on a machine with CUDA, `python -m tools.record --device cuda` does it."
+    return text
 
 
-def build(snippet: Path, recording: dict, outputs_dir: Path = recordings.OUTPUTS_DIR) -> nbformat.NotebookNode:
-    """One code cell per snippet cell, carrying the recorded stdout and figures (PNG with alt text)."""
+def outputs_of(result: dict, outputs_dir: Path) -> list:
+    """A recorded cell's stdout, then what it printed to stderr or warned, then its figures, as notebook outputs."""
+    outputs = []
+    if result.get("stdout"):
+        outputs.append(nbformat.v4.new_output("stream", name="stdout", text=result["stdout"]))
+    errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
+    if errors:
+        outputs.append(nbformat.v4.new_output("stream", name="stderr", text=errors))
+    for figure, description in zip(result.get("figures", []), result.get("figure_descriptions", [])):
+        data = base64.b64encode(recordings.figure_file(figure, outputs_dir).read_bytes()).decode()
+        outputs.append(nbformat.v4.new_output("display_data", data={
+            "text/html": f'<img src="data:image/png;base64,{data}" alt="{html.escape(description)}">',
+            "text/plain": description}))
+    return outputs
+
+
+def build(snippet: Path, recording: dict, outputs_dir: Path = recordings.OUTPUTS_DIR,
+          all_recordings: dict[str, dict] | None = None) -> nbformat.NotebookNode:
+    """One code cell per snippet cell, carrying ``recording``'s stdout, stderr, warnings and figures (PNG with alt
+    text). ``all_recordings`` (device → recording) lets the first cell name the other recordings."""
     recorded = {cell["name"]: cell for cell in recording["cells"]}
-    cells = [nbformat.v4.new_markdown_cell(f"*{stamp_text(recording)}*")]
+    cells = [nbformat.v4.new_markdown_cell(f"*{stamp_text(recording, all_recordings)}*")]
     for cell in snippets.cells(snippet):
-        outputs = []
-        result = recorded.get(cell.name, {"stdout": "", "figures": [], "figure_descriptions": []})
-        if result["stdout"]:
-            outputs.append(nbformat.v4.new_output("stream", name="stdout", text=result["stdout"]))
-        for figure, description in zip(result["figures"], result["figure_descriptions"]):
-            data = base64.b64encode(recordings.figure_file(figure, outputs_dir).read_bytes()).decode()
-            outputs.append(nbformat.v4.new_output("display_data", data={
-                "text/html": f'<img src="data:image/png;base64,{data}" alt="{html.escape(description)}">',
-                "text/plain": description}))
-        code = nbformat.v4.new_code_cell(cell.source, outputs=outputs, metadata={"title": cell.name})
-        cells.append(code)
+        outputs = outputs_of(recorded.get(cell.name, {}), outputs_dir)
+        cells.append(nbformat.v4.new_code_cell(cell.source, outputs=outputs, metadata={"title": cell.name}))
     notebook = nbformat.v4.new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"}})

@@ -1,9 +1,11 @@
 """Record what each snippet prints and draws:  python -m tools.record [--device auto|cpu|cuda] [--force] [NAME ...]
 
 Each snippet runs in its own fresh process (``tools.run_cells``), cell by cell. The recording goes to
-``docs/outputs/<name>.json`` with its figures under ``docs/outputs/<name>/``, stamped with the snippet's sha256 and
-the environment. A recording that is current (same sha256, same environment) is skipped unless ``--force``.
-``--check`` runs nothing: it lists every stale or missing recording and exits 1 if there is one.
+``docs/outputs/<device>/<name>.json`` with its figures under ``docs/outputs/<device>/<name>/``, stamped with the
+snippet's sha256 and the environment; recording on a GPU adds or refreshes the CUDA set and never touches the CPU
+set. A recording that is current (``tools.recordings.problems``: the same definition that ``--check`` and the site
+build use) is skipped unless ``--force``. ``--check`` runs nothing: it lists every recording that needs re-running
+and exits 1 if there is one. ``--dry-run`` lists what this command would record, and runs nothing.
 """
 from __future__ import annotations
 
@@ -25,16 +27,19 @@ class CellFailed(Exception):
 
 
 def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
-    """Run one snippet in a fresh process and write its recording; raises CellFailed, leaving the old one intact."""
+    """Run one snippet in a fresh process and write its ``device`` recording; raises CellFailed, leaving the old
+    one intact."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    outputs_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=outputs_dir, prefix=f".{path.stem}-") as scratch:
+    device_dir = Path(outputs_dir) / device
+    device_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=device_dir, prefix=f".{path.stem}-") as scratch:
         result_file, figure_dir = Path(scratch) / "result.json", Path(scratch) / path.stem
         started = time.perf_counter()
         process = subprocess.run(
-            [sys.executable, "-m", "tools.run_cells", str(path), str(result_file), str(figure_dir)],
+            [sys.executable, "-m", "tools.run_cells", str(path), str(result_file), str(figure_dir),
+             f"outputs/{device}/{path.stem}"],
             cwd=snippets.ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if not result_file.exists():
@@ -56,27 +61,24 @@ def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
             "seconds": round(seconds, 2),
             "cells": result["cells"],
         }
-        target_dir = outputs_dir / path.stem
+        target_dir = device_dir / path.stem
         shutil.rmtree(target_dir, ignore_errors=True)
         if any(figure_dir.iterdir()):
             figure_dir.rename(target_dir)
         staged = Path(scratch) / "recording.json"
         staged.write_text(json.dumps(recording, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(staged, recordings.path_for(path.stem, outputs_dir))
-    write_notebook(path, recording, outputs_dir)
+        os.replace(staged, recordings.path_for(path.stem, device, outputs_dir))
+    write_notebook(path, outputs_dir)
     return recording
 
 
-def write_notebook(path: Path, recording: dict, outputs_dir: Path) -> None:
+def write_notebook(path: Path, outputs_dir: Path) -> None:
+    """(Re)write the snippet's notebook from its preferred recording (CUDA if there is one, else CPU)."""
+    everything = recordings.load_all(path.stem, outputs_dir)
+    recording = next(iter(everything.values()))
     target = notebooks.path_for(path.stem, recordings.notebooks_dir(outputs_dir))
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(notebooks.text(notebooks.build(path, recording, outputs_dir)), encoding="utf-8")
-
-
-def is_current(path: Path, device: str, outputs_dir: Path) -> bool:
-    recording = recordings.load(path.stem, outputs_dir)
-    return bool(recording) and recording["sha256"] == snippets.sha256(path) and \
-        environment.key(recording["environment"]) == environment.key(environment.stamp(device))
+    target.write_text(notebooks.text(notebooks.build(path, recording, outputs_dir, everything)), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,15 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--force", action="store_true", help="record even when the recording is current")
     parser.add_argument("--check", action="store_true", help="run nothing; exit 1 if a recording is stale/missing")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be recorded; run nothing")
     parser.add_argument("--snippets", type=Path, default=snippets.SNIPPETS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=recordings.OUTPUTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    found = recordings.problems(args.snippets, args.out)
     if args.check:
-        found = recordings.problems(args.snippets, args.out)
         for problem in found:
             print(problem)
-        print(f"{len(found)} stale or missing recording(s)" if found else "all recordings are current")
+        print(f"{len(found)} recording(s) need re-running" if found else "all recordings are current")
         return 1 if found else 0
 
     try:
@@ -102,15 +105,33 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, KeyError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
+    mine = {p.name for p in found if p.device == device and p.kind == "recording"}
+    notebook_only = {p.name for p in found if p.kind == "notebook"} - mine
+    todo = [p for p in paths if args.force or p.stem in mine
+            or (device != recordings.REQUIRED and not recordings.path_for(p.stem, device, args.out).exists())]
+    elsewhere = [p for p in found if p.device != device and p.kind == "recording"
+                 and p.name in {q.stem for q in paths}]
+    if args.dry_run:
+        for path in todo:
+            why = [p.reason for p in found if p.name == path.stem and p.device == device] or ["--force"]
+            print(f"would record {path.stem} on {device}: {'; '.join(why)}")
+        for problem in elsewhere:
+            print(f"cannot record here: {problem}")
+        print(f"{len(todo)} snippet(s) would be recorded on {device}")
+        return 0
+    if todo and (differences := environment.key_differences(environment.stamp(device), device)):
+        print(f"error: this environment differs from requirements-lesson.txt ({'; '.join(differences)}): "
+              "recordings made here would be stale at once. Install the pins first: "
+              "pip install -r requirements.txt", file=sys.stderr)
+        return 2
     failures, started = [], time.perf_counter()
     for path in paths:
-        if not args.force and is_current(path, device, args.out):
-            recording = recordings.load(path.stem, args.out)
-            if recordings.notebook_problem(path, recording, args.out):
-                write_notebook(path, recording, args.out)
+        if path not in todo:
+            if path.stem in notebook_only:
+                write_notebook(path, args.out)
                 print(f"{path.stem}: current, notebook rewritten")
             else:
-                print(f"{path.stem}: current, skipped")
+                print(f"{path.stem}: current on {device}, skipped")
             continue
         try:
             recording = record_one(path, device, args.out)
@@ -119,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.stem}: FAILED — {error}", file=sys.stderr)
             continue
         print(f"{path.stem}: recorded on {device} in {recording['seconds']:.1f} s")
+    for problem in elsewhere:
+        print(f"needs another machine: {problem}")
     print(f"{len(paths)} snippet(s), {time.perf_counter() - started:.1f} s"
           + (f"; failed: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0

@@ -1,6 +1,8 @@
 """Run one snippet cell by cell in one namespace, in this (fresh) process, and write what each cell produced.
 
-    python -m tools.run_cells SNIPPET RESULT.json FIGURE_DIR
+    python -m tools.run_cells SNIPPET RESULT.json FIGURE_DIR [FIGURE_PREFIX]
+
+FIGURE_PREFIX is how the recording names the figures' folder relative to docs/ (default ``outputs/<name>``).
 
 The recorder starts this in a new process per snippet. Per cell it captures stdout, stderr and warnings apart, every
 open matplotlib figure (saved as PNG, then closed), seconds, and peak memory: the CUDA allocator's peak when the
@@ -71,7 +73,7 @@ def _describe(figure) -> str:
     return "; ".join(p for p in parts if p) or "figure"
 
 
-def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Path, stem: str) -> dict:
+def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Path, prefix: str) -> dict:
     code = compile("\n" * (cell.first_line - 1) + cell.source + "\n", filename, "exec")
     stdout, stderr = io.StringIO(), io.StringIO()
     torch = _cuda_in_use()
@@ -93,7 +95,7 @@ def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Pa
         figure = plt.figure(number)
         path = figure_dir / f"{cell.name}-{index}.png"
         figure.savefig(path, dpi=100, bbox_inches="tight")
-        figures.append(f"outputs/{stem}/{path.name}")
+        figures.append(f"{prefix}/{path.name}")
         descriptions.append(_describe(figure))
         plt.close(figure)
     return {
@@ -110,7 +112,7 @@ def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Pa
     }
 
 
-def main(snippet: str, result_path: str, figure_dir: str) -> int:
+def main(snippet: str, result_path: str, figure_dir: str, prefix: str | None = None) -> int:
     path = Path(snippet).resolve()
     figures = Path(figure_dir)
     figures.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def main(snippet: str, result_path: str, figure_dir: str) -> int:
     sys.argv = [str(path)]
     results = []
     for cell in snippets.cells(path):
-        result = run_cell(cell, namespace, str(path), figures, path.stem)
+        result = run_cell(cell, namespace, str(path), figures, prefix or f"outputs/{path.stem}")
         results.append(result)
         if result["error"]:
             break
