@@ -141,15 +141,17 @@ rows = [("parameters", 403, param_bytes),
         ("one image", 3, tensor_bytes([image])),
         ("batch of 64 images", 192, tensor_bytes([images])),
         ("layer1 output, batch 1024", 512, tensor_bytes([hidden]))]
-print(f"{'item':<27} {'lesson says':>12} {'exact bytes':>12} {'KiB':>9} {'kB':>9} {'MiB':>7}  verdict")
+print(f"{'item':<26} {'lesson says':>11} {'exact bytes':>11} {'binary':>10} {'decimal':>9} "
+      f"{'as MiB':>8}  verdict")
 for item, said, exact in rows:
     as_kib, as_kb = matches(said, exact / 1024), matches(said, exact / 1000)
     verdict = ("right as KiB and kB (rounded)" if as_kib and as_kb else "right as KiB" if as_kib
                else "right as kB" if as_kb else "neither KiB nor kB")
-    print(f"{item:<27} {f'~{said} KB':>12} {exact:>12,} {exact / 1024:>9.1f} {exact / 1000:>9.1f} "
-          f"{exact / 2**20:>7.2f}  {verdict}")
-print("The lesson's own script divides by 1024*1024 and prints 'MB': those are MiB, and its 0.39 / 0.39 / 0.78 / 0.19")
-print("are right. Its prose figures (403, 806, 192 'KB') are neither KiB nor kB.")
+    print(f"{item:<26} {f'~{said} KB':>11} {exact:>11,} {exact / 1024:>6.1f} KiB "
+          f"{exact / 1000:>6.1f} kB {exact / 2**20:>4.2f} MiB  {verdict}")
+script = " / ".join(f"{exact / 2**20:.2f}" for _, _, exact in rows[:3] + rows[5:6])
+print("The lesson's own script divides by 1024*1024 and prints 'MB': those are MiB, and its")
+print(f"{script} are right. Its prose figures (403, 806, 192 'KB') are neither KiB nor kB.")
 
 # %% cifar
 cifar_params = tensor_bytes(cifar_model.parameters())
