@@ -111,8 +111,11 @@ NUMBER = re.compile(r"(?<![\w.,])(?P<number>\d[\d,]*(?:\.\d+)?)(?:(?:\s?(?P<unit
 
 
 def prose(text: str) -> str:
-    """What a chapter says in its own words: no code, no markers, no quotes from the lesson (“…”), no link targets,
-    no headings."""
+    """What a chapter says in its own words, as the hook shows it: gpu-only blocks only where their snippet has a
+    CUDA recording (cpu-only blocks only where it has none); no code, no markers, no quotes from the lesson (“…”),
+    no link targets, no headings."""
+    text = hook.DEVICE_BLOCK.sub(lambda m: m["body"] if recordings.path_for(m["snippet"], "cuda").exists() == (
+        m["kind"] == "gpu") else "", text)
     for pattern, flags in ((r"```.*?```", re.S), (r"<!--.*?-->", re.S), (r"“[^”]*”", 0), (r"`[^`]*`", 0),
                            (r"\]\([^)]*\)", 0), (r"^#+ .*$", re.M)):
         text = re.sub(pattern, "]" if pattern.startswith(r"\]") else "", text, flags=flags)
