@@ -1,5 +1,6 @@
 # %% setup
-# What batch size changes: (a) training speed (samples per second) and peak memory, from 16 to 4096;
+# What batch size changes: (a) training speed (samples per second) and the peak memory
+# of a training step, from 16 to 4096;
 # (b) test accuracy after the same number of epochs with the same learning rate: bigger batches take fewer steps.
 # MNIST is preprocessed once into tensors on the device, so the timings measure training, not image decoding.
 import os, socket, sys, contextlib, io, time, math
@@ -51,38 +52,87 @@ def train_step(model, optimizer, images, labels):
     optimizer.step()
     return loss
 
-def measured_step_bytes(model, optimizer, images, labels):
-    """CPU stand-in for a peak: bytes of params, grads, Adam state, batch, logits, loss and what autograd saves."""
-    saved = {}
+if device.type == "cuda":
+    PEAK_LABEL = "CUDA allocator peak above baseline"
+    COUNTED = ("max_memory_allocated() over two steps, minus what was allocated before "
+               "them (the dataset on the GPU, cuBLAS's workspaces)")
+else:
+    PEAK_LABEL = "counted tensor bytes"
+    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
+               "autograd saved for backward, each storage once, after each event")
+
+
+def counted_bytes(tensors, saved):
+    """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
+    saved for backward that are not among them."""
+    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+             for t in tensors if t is not None}
+    sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
+    return sum(sizes.values())
+
+
+def training_step_peak(batches, baseline=None):
+    """Peak memory of a training step: the largest total of tensor bytes alive at one
+    moment over two training steps with Adam, from a fresh model.
+    CUDA: max_memory_allocated() above `baseline` (default: what is allocated now).
+    CPU: bytes counted after each event (batch to device, forward with the loss,
+    backward, optimizer step, zero_grad).
+    Returns (bytes, the event of the CPU peak or None on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        if baseline is None:
+            baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    images = labels = output = loss = None
+    saved, counts = {}, []                  # saved: storage address -> bytes
+
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
-    optimizer.zero_grad()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output = model(images)
-        loss = nn.functional.cross_entropy(output, labels)
-    loss.backward()
-    optimizer.step()
-    counted = {t.untyped_storage().data_ptr() for t in [images, labels, *model.parameters()]}
-    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), images, labels, output, loss,
-               *(v for s in optimizer.state.values() for v in s.values())]
-    return sum(t.numel() * t.element_size() for t in tensors) + sum(n for p, n in saved.items() if p not in counted)
+
+    def count(event):
+        if device.type == "cpu":
+            params = list(model.parameters())
+            state = [v for s in optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v)]
+            tensors = [*params, *(p.grad for p in params), *state,
+                       images, labels, output, loss]
+            counts.append((counted_bytes(tensors, saved), event))
+
+    for step, (images, labels) in enumerate(batches, start=1):
+        images, labels = images.to(device), labels.to(device)
+        count(f"{step}: batch to device")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = model(images)
+            loss = nn.functional.cross_entropy(output, labels)
+        count(f"{step}: forward")          # with the loss
+        loss.backward()
+        saved.clear()                       # backward frees what autograd saved
+        count(f"{step}: backward")
+        optimizer.step()
+        count(f"{step}: optimizer step")
+        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        count(f"{step}: zero_grad")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - baseline, None
+    return max(counts, key=lambda c: c[0])  # the first event with the most bytes
 
 # %% throughput
 BATCH_SIZES = [2**k for k in range(4, 13)]  # 16 ... 4096
 TIMED_SAMPLES = 8192                        # per batch size, and at least 4 steps
 
-def speed_and_memory(batch_size):
-    """Samples per second over the timed steps, and the step's peak memory in bytes."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()        # the dataset already on the GPU
+def samples_per_second(batch_size):
+    """Samples per second over the timed steps, and how many steps were timed."""
     torch.manual_seed(0)
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(len(train_labels)).to(device)
-    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(2 + max(4, TIMED_SAMPLES // batch_size))]
+    steps = 2 + max(4, TIMED_SAMPLES // batch_size)
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
     for idx in batches[:2]:                 # warm-up: the first steps allocate the Adam state
         train_step(model, optimizer, train_images[idx], train_labels[idx])
     if device.type == "cuda":
@@ -93,25 +143,30 @@ def speed_and_memory(batch_size):
     if device.type == "cuda":
         torch.cuda.synchronize()            # wait for the GPU before reading the clock
     seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - resident
-    else:
-        idx = batches[2]
-        peak = measured_step_bytes(model, optimizer, train_images[idx], train_labels[idx])
-    return (len(batches) - 2) * batch_size / seconds, peak, len(batches) - 2
+    return (len(batches) - 2) * batch_size / seconds, len(batches) - 2
 
-speed_and_memory(BATCH_SIZES[0])            # one discarded run: first-call set-up (e.g. cuBLAS) is not timed
-memory_label = ("CUDA: max_memory_allocated, above the dataset already on the GPU" if device.type == "cuda"
-                else "CPU: measured tensor bytes, not an allocator")
-print(f"Peak memory: {memory_label}")
+
+def first_batches(batch_size):
+    """The first two training batches of this size, in host memory as a DataLoader
+    gives them: the peak counts moving them to the device."""
+    return [(train_images[i * batch_size:(i + 1) * batch_size].cpu().clone(),
+             train_labels[i * batch_size:(i + 1) * batch_size].cpu().clone())
+            for i in range(2)]
+
+
+samples_per_second(BATCH_SIZES[0])          # discarded: first-call set-up (cuBLAS...)
+print(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
 print(f"{'batch':>6} {'steps timed':>11} {'samples/s':>12} {'peak bytes':>13} {'MiB':>8}")
 speed = {}
 for batch_size in BATCH_SIZES:
-    samples_per_second, peak, steps = speed_and_memory(batch_size)
-    speed[batch_size] = (samples_per_second, peak)
-    print(f"{batch_size:>6} {steps:>11} {samples_per_second:>12,.0f} {peak:>13,} {peak / 2**20:>8.2f}")
+    per_second, steps = samples_per_second(batch_size)
+    peak, event = training_step_peak(first_batches(batch_size))
+    speed[batch_size] = (per_second, peak)
+    print(f"{batch_size:>6} {steps:>11} {per_second:>12,.0f} {peak:>13,} "
+          f"{peak / 2**20:>8.2f}" + (f"   peak at '{event}'" if event else ""))
 fastest = max(speed, key=lambda b: speed[b][0])
-print(f"Batch {fastest} trains {speed[fastest][0] / speed[16][0]:.1f}x as many samples per second as batch 16.")
+print(f"Batch {fastest} trains {speed[fastest][0] / speed[16][0]:.1f}x as many samples "
+      f"per second as batch 16.")
 
 # %% accuracy
 EPOCHS = 2

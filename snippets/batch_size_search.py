@@ -1,9 +1,19 @@
 # %% setup
-# The lesson's batch-size search, done for real: start at 16, double until the step no longer fits in a memory
-# budget, then bisect between the last size that fitted and the first that did not.
-# On CUDA the budget is enforced by PyTorch's allocator (a real out-of-memory error); on the CPU, which has no such
-# limit, each trial's bytes are measured from its tensors and compared with the same budget.
+# The lesson's recipe for the batch size: start small (16) and grow the batch step by
+# step until a step runs out of memory or the training results get worse. This file
+# looks at the memory half of it, and grows the batch our way, a refinement of the
+# lesson's recipe: double until a step does not fit in a memory budget, then bisect
+# between the last size that fitted and the first that did not.
+# A trial measures the peak memory of a training step: the largest total of tensor
+# bytes alive at one moment over two training steps with Adam (memory_timeline.py shows
+# why two: Adam's highest point is the second forward pass, where the activations sit
+# on top of the state that the first step created).
+# On CUDA: torch.cuda.max_memory_allocated() above a baseline taken after a warm-up, and
+# the budget is enforced by PyTorch's allocator (a real out-of-memory error). On the
+# CPU, which has no such limit: tensor bytes counted after each event, and a trial whose
+# count is over the budget counts as failed.
 import gc
+from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.optim as optim
@@ -11,7 +21,9 @@ import matplotlib.pyplot as plt
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+print(f"Device: {device}"
+      + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+
 
 class MLP(nn.Module):
     def __init__(self):
@@ -20,112 +32,315 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(784, 128)
         self.relu = nn.ReLU()
         self.layer2 = nn.Linear(128, 10)
+
     def forward(self, x):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
-BUDGET_BYTES = 128 * 2**20                  # the pretend "GPU memory": 134,217,728 bytes
-print(f"Memory budget: {BUDGET_BYTES:,} bytes = {BUDGET_BYTES / 2**20:.0f} MiB")
-if device.type == "cuda":
-    MLP().to(device)(torch.randn(16, 1, 28, 28, device=device)).sum().backward()   # cuBLAS set-up, outside trials
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(BUDGET_BYTES / total)   # beyond this, allocations raise OOM
-    print(f"CUDA: this process may now use {BUDGET_BYTES / total:.5f} of the GPU's {total:,} bytes")
-else:
-    print("CPU: no real out-of-memory here; a trial whose measured bytes exceed the budget counts as failed")
+
+MiB = 2**20
+BUDGET_BYTES = 128 * MiB                    # the pretend "GPU memory"
+START, CAP = 16, 65536                      # the first size tried; never beyond CAP
+print(f"Memory budget: {BUDGET_BYTES:,} bytes = {BUDGET_BYTES / MiB:.0f} MiB")
+print("The lesson: grow the batch step by step until out of memory or results get "
+      "worse.")
+print(f"Our refinement: double from {START} (up to a cap of {CAP:,}), then bisect.")
 
 # %% trial
-def step_bytes(batch_size):
-    """One real training step (forward, loss, backward, Adam step) on random images; returns the bytes it used.
-    Random pixels are enough: memory depends on the batch's shape, not on what the images show."""
+criterion = nn.CrossEntropyLoss()
+if device.type == "cuda":
+    PEAK_LABEL = "CUDA allocator peak above baseline"
+    COUNTED = "max_memory_allocated() over the two steps, minus the baseline below"
+else:
+    PEAK_LABEL = "counted tensor bytes"
+    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
+               "autograd saved for backward, each storage once, after each event")
+
+
+def counted_bytes(tensors, saved):
+    """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
+    saved for backward that are not among them."""
+    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+             for t in tensors if t is not None}
+    sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
+    return sum(sizes.values())
+
+
+def training_step_peak(batches, baseline=None):
+    """Peak memory of a training step: the largest total of tensor bytes alive at one
+    moment over two training steps with Adam, from a fresh model.
+    CUDA: max_memory_allocated() above `baseline` (default: what is allocated now).
+    CPU: bytes counted after each event (batch to device, forward with the loss,
+    backward, optimizer step, zero_grad).
+    Returns (bytes, the event of the CPU peak or None on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        if baseline is None:
+            baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.randn(batch_size, 1, 28, 28, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
-    saved = {}                               # storage address -> bytes, for every tensor autograd saves
+    images = labels = output = loss = None
+    saved, counts = {}, []                  # saved: storage address -> bytes
+
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output = model(images)
-        loss = nn.functional.cross_entropy(output, labels)
-    loss.backward()
-    optimizer.step()
+
+    def count(event):
+        if device.type == "cpu":
+            params = list(model.parameters())
+            state = [v for s in optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v)]
+            tensors = [*params, *(p.grad for p in params), *state,
+                       images, labels, output, loss]
+            counts.append((counted_bytes(tensors, saved), event))
+
+    for step, (images, labels) in enumerate(batches, start=1):
+        images, labels = images.to(device), labels.to(device)
+        count(f"{step}: batch to device")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = model(images)
+            loss = criterion(output, labels)
+        count(f"{step}: forward")          # with the loss
+        loss.backward()
+        saved.clear()                       # backward frees what autograd saved
+        count(f"{step}: backward")
+        optimizer.step()
+        count(f"{step}: optimizer step")
+        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        count(f"{step}: zero_grad")
     if device.type == "cuda":
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    already_counted = {t.untyped_storage().data_ptr() for t in [images, labels, *model.parameters()]}
-    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), images, labels, output, loss,
-               *(v for s in optimizer.state.values() for v in s.values())]
-    return (sum(t.numel() * t.element_size() for t in tensors)
-            + sum(n for ptr, n in saved.items() if ptr not in already_counted))
+        return torch.cuda.max_memory_allocated() - baseline, None
+    return max(counts, key=lambda c: c[0])  # the first event with the most bytes
 
-def trial(batch_size):
-    """(fits, bytes): bytes is None when CUDA ran out of memory."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        used = step_bytes(batch_size)       # its tensors are local: they are freed when it returns or raises
-        fits = used <= BUDGET_BYTES
-    except torch.cuda.OutOfMemoryError:
-        used, fits = None, False
+
+def random_batches(batch_size):
+    """The same random batch twice, in host memory as a DataLoader gives it. Random
+    pixels are enough: memory depends on the batch's shape, not on what it shows."""
+    images = torch.randn(batch_size, 1, 28, 28)
+    labels = torch.randint(0, 10, (batch_size,))
+    return [(images, labels)] * 2
+
+
+if device.type == "cuda":
+    # Warm-up: one unmeasured trial, so that the CUDA context and cuBLAS's workspaces
+    # (one per thread: backward runs on autograd's own) exist before any measurement.
+    training_step_peak(random_batches(START))
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()            # hand the cached blocks back before the next try
-    return fits, used
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    blocks = torch.cuda.memory_stats().get("allocated.all.current", "?")
+    reserved = torch.cuda.memory_reserved()
+    print(f"CUDA baseline after a warm-up trial at batch {START}: {baseline:,} bytes "
+          f"allocated in {blocks} blocks (memory_reserved {reserved:,})")
+    print("  that is the cuBLAS workspace and anything else already allocated: counted "
+          "once, here, not inside each trial")
+else:
+    baseline = 0
+    print("CPU: no real out-of-memory here; a trial whose counted peak is over the "
+          "budget counts as failed")
+print(f"Each trial: peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
+
+
+class Trial(NamedTuple):
+    batch: int
+    fits: bool
+    peak: int | None                        # None: out of memory before a reading
+    event: str | None                       # CPU: the event of the peak
+    why: str
+
+
+def trial(batch_size, budget_bytes):
+    """Run two training steps at this batch size and judge them against the budget."""
+    try:
+        peak, event = training_step_peak(random_batches(batch_size), baseline)
+    except torch.cuda.OutOfMemoryError:
+        peak, event = None, None
+    # The failed call's tensors were its locals: collect them now. No empty_cache()
+    # here: when a cudaMalloc fails (also against set_per_process_memory_fraction's
+    # limit), PyTorch's caching allocator frees its cached blocks that are not split and
+    # retries before it raises OutOfMemoryError, so what an earlier trial left cached
+    # is handed back by itself when a later trial needs it.
+    gc.collect()
+    at = f"; peak at '{event}'" if event else ""
+    if device.type == "cuda" and torch.cuda.memory_allocated() != baseline:
+        left = torch.cuda.memory_allocated() - baseline     # should not happen: say so
+        at += f"; {left:+,} bytes still allocated after the trial"
+    if peak is None:
+        why = "OUT OF MEMORY (torch.cuda.OutOfMemoryError)"
+        return Trial(batch_size, False, None, None, why)
+    if peak > budget_bytes:
+        how = "CPU: counted bytes, no real OOM" if device.type == "cpu" else "measured"
+        return Trial(batch_size, False, peak, event, f"over budget ({how}){at}")
+    return Trial(batch_size, True, peak, event, f"fits{at}")
+
 
 # %% search
-trials = []
-def run_trial(batch_size):
-    fits, used = trial(batch_size)
-    trials.append((batch_size, fits, used))
-    if fits:
-        result = "fits"
-    elif used is None:
-        result = "OUT OF MEMORY (torch.cuda.OutOfMemoryError)"
-    else:
-        result = "over budget (CPU: measured bytes, no real OOM)"
-    shown = "?" if used is None else f"{used:,}"
-    print(f"trial {len(trials):>2}: batch {batch_size:>7,}  {shown:>13} bytes  {result}")
-    return fits
+class SearchResult(NamedTuple):
+    budget: int
+    start: int
+    cap: int
+    trials: list
+    largest: int | None                     # the largest batch that fitted
+    first_failing: int | None               # the smallest batch that failed
+    outcome: str                            # one of the four below
+    message: str
 
-good, bad = None, 16
-while run_trial(bad):                       # phase 1: double from 16 until a step does not fit
-    good, bad = bad, bad * 2
-if good is None:
-    print("Even a batch of 16 does not fit in the budget.")
-else:
-    resolution = max(16, good // 64)        # phase 2: bisect to within 1/64 of the last good size
-    while bad - good > resolution:
-        middle = (good + bad) // 2
-        if run_trial(middle):
-            good = middle
-        else:
-            bad = middle
-    fitted = [(b, used) for b, fits, used in trials if fits]
-    (b0, m0), (b1, m1) = min(fitted), max(fitted)
+
+def search(budget_bytes, start=START, cap=CAP):
+    """Double from `start` while a step fits and the next size is within `cap`; then
+    bisect between the largest size that fitted and the first that failed."""
+    if cap < start:
+        raise ValueError(f"cap {cap} is below the start size {start}")
+    if device.type == "cuda":               # a real limit: baseline + budget, then OOM
+        total = torch.cuda.mem_get_info()[1]    # the limit is a fraction of this
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, (baseline + budget_bytes) / total))
+    trials = []
+
+    def fits(batch_size):
+        trials.append(trial(batch_size, budget_bytes))
+        return trials[-1].fits
+
+    try:
+        good, bad, size = None, None, start
+        while size <= cap:                  # phase 1: double
+            if not fits(size):
+                bad = size
+                break
+            good, size = size, size * 2
+        resolution = max(start, (good or start) // 64)
+        if good is not None and bad is not None:
+            while bad - good > resolution:  # phase 2: bisect to within the resolution
+                middle = (good + bad) // 2
+                if fits(middle):
+                    good = middle
+                else:
+                    bad = middle
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0)   # later cells: no limit
+    if good is None:
+        outcome = "nothing fits"
+        first = trials[0]
+        message = f"not even the start size, {start:,}, fits: " + (
+            "it ran out of memory" if first.peak is None else
+            f"its peak, {first.peak:,} bytes, is over the budget")
+    elif bad is None:
+        outcome = "reached the cap"
+        message = (f"every size tried fits, up to {good:,}; the next doubling would "
+                   f"pass the cap of {cap:,}, so the largest batch that fits may be "
+                   f"bigger")
+    elif good == start:
+        outcome = "only the start size fits"
+        message = (f"{start:,} fits, {bad:,} does not; no size between them is tried "
+                   f"(resolution {resolution:,} samples)")
+    else:
+        outcome = "found the largest batch"
+        message = (f"{good:,} fits, {bad:,} does not (resolution {resolution:,} "
+                   f"samples: 1/64 of the last size the doubling fitted, at least "
+                   f"{start})")
+    return SearchResult(budget_bytes, start, cap, trials, good, bad, outcome, message)
+
+
+def fitted_line(result):
+    """(bytes per sample, fixed bytes, (b0, b1)): the straight line through the peaks of
+    the two largest fitting trials, or None when fewer than two trials fit."""
+    fitted = sorted((t.batch, t.peak) for t in result.trials if t.fits)
+    if len(fitted) < 2:
+        return None
+    (b0, m0), (b1, m1) = fitted[-2:]        # two different sizes: no trial is repeated
     per_sample = (m1 - m0) / (b1 - b0)
-    print(f"Largest batch found: {good:,} (the first failure was {bad:,}; resolution {resolution} samples)")
-    print(f"Memory per extra sample: {per_sample:,.1f} bytes; fixed part: {m0 - per_sample * b0:,.0f} bytes")
-    print(f"{len(trials)} trials in all")
+    return per_sample, m1 - per_sample * b1, (b0, b1)
+
+
+def line_text(result):
+    line = fitted_line(result)
+    if line is None:
+        if any(t.fits for t in result.trials):
+            return "only one trial fits: no line can be fitted from one point"
+        return "no trial fits: no line to fit"
+    per_sample, fixed, (b0, b1) = line
+    return (f"line through the peaks at {b0:,} and {b1:,}: {per_sample:,.1f} bytes per "
+            f"sample + {fixed:,.0f} bytes fixed")
+
+
+result = search(BUDGET_BYTES)
+print(f"{'trial':>5} {'batch':>7} {'peak bytes':>13}   (peak memory of a training "
+      f"step, {PEAK_LABEL})")
+for number, t in enumerate(result.trials, start=1):
+    shown = "?" if t.peak is None else f"{t.peak:,}"
+    print(f"{number:>5} {t.batch:>7,} {shown:>13}   {t.why}")
+print(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
+print(f"Fixed + per-sample model, fitted to the two largest fitting trials: "
+      f"{line_text(result)}")
+line = fitted_line(result)
+if line is not None and device.type == "cpu":
+    params = sum(p.numel() * p.element_size() for p in MLP().parameters())
+    print(f"  CPU: of the fixed part, {params:,} bytes are the parameters and "
+          f"{2 * params:,} Adam's two moment buffers; {line[1] - 3 * params:,.0f} "
+          f"bytes are small scalars (Adam's step counters, the loss, its total weight)")
+    event = next(t.event for t in result.trials if t.batch == line[2][1])
+    same = [t.batch for t in result.trials if t.fits and t.event == event]
+    other = {t.event for t in result.trials if t.fits and t.batch < min(same)}
+    print(f"  Both peaks are at '{event}'. The line holds where the peak is at that "
+          f"event: in these trials from batch {min(same):,} up"
+          + ("; smaller batches peak at " + ", ".join(f"'{e}'" for e in sorted(other))
+             if other else ""))
+
+# %% small-budgets
+# The search must end cleanly, and say why, whatever the budget. Three tiny budgets,
+# made from measured peaks, give the three edge cases.
+peak_start = training_step_peak(random_batches(START), baseline)[0]
+peak_next = training_step_peak(random_batches(2 * START), baseline)[0]
+gc.collect()
+print(f"Peak memory of a training step ({PEAK_LABEL}): batch {START}: {peak_start:,} "
+      f"bytes; batch {2 * START}: {peak_next:,} bytes")
+print("Three budgets made from them, one search each:")
+cases = [(f"half the peak at batch {START}", peak_start // 2, CAP),
+         (f"between the peaks at {START} and {2 * START}",
+          (peak_start + peak_next) // 2, CAP),
+         (f"the {BUDGET_BYTES / MiB:.0f} MiB budget with a small cap", BUDGET_BYTES,
+          16 * START)]
+for label, budget, cap in cases:
+    small = search(budget, START, cap)
+    print(f"budget {budget:,} bytes ({label}), cap {cap:,}: {len(small.trials)} "
+          f"trial{'' if len(small.trials) == 1 else 's'} -> {small.outcome.upper()}: "
+          f"{small.message}; {line_text(small)}")
 
 # %% chart
-MiB = 2**20
 fig, ax = plt.subplots(figsize=(7, 4))
-ok = sorted((b, used / MiB) for b, fits, used in trials if fits)
-over = [(b, used / MiB) for b, fits, used in trials if not fits and used is not None]
-oom = [b for b, fits, used in trials if used is None]
-ax.plot(*zip(*ok), "o-", label="fits")
+ok = sorted((t.batch, t.peak / MiB) for t in result.trials if t.fits)
+over = [(t.batch, t.peak / MiB) for t in result.trials
+        if not t.fits and t.peak is not None]
+oom = [t.batch for t in result.trials if t.peak is None]
+if ok:
+    ax.plot(*zip(*ok), "o-", label="fits")
 if over:
     ax.plot(*zip(*over), "x", color="red", markersize=9, label="over budget (measured)")
 if oom:
-    ax.plot(oom, [BUDGET_BYTES / MiB] * len(oom), "x", color="red", markersize=9, label="out of memory")
-ax.axhline(BUDGET_BYTES / MiB, color="grey", linestyle="--", label=f"budget {BUDGET_BYTES / MiB:.0f} MiB")
+    ax.plot(oom, [BUDGET_BYTES / MiB] * len(oom), "v", color="red", markersize=8,
+            label="out of memory (no reading; drawn at the budget)")
+line = fitted_line(result)
+if line is not None:
+    per_sample, fixed, (b0, b1) = line
+    xs = [result.start * (b1 / result.start) ** (k / 50) for k in range(51)]  # a curve
+    ax.plot(xs, [(fixed + per_sample * x) / MiB for x in xs], ":", color="grey",
+            label=f"fitted line (through {b0:,} and {b1:,})")
+ax.axhline(BUDGET_BYTES / MiB, color="grey", linestyle="--",
+           label=f"budget {BUDGET_BYTES / MiB:.0f} MiB")
+sizes = [t.batch for t in result.trials] or [result.start]
+low, high = min(sizes).bit_length() - 1, max(sizes).bit_length()
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
-ax.set_xticks([2**k for k in range(4, 18, 2)], [f"{2**k:,}" for k in range(4, 18, 2)])
+ticks = [2**k for k in range(low, high + 1, 2)]
+ax.set_xticks(ticks, [f"{tick:,}" for tick in ticks])
 ax.set_xlabel("batch size (samples, log scale)")
-ax.set_ylabel("memory used by one training step (MiB, log scale)")
-ax.set_title(f"Batch-size search on {device.type.upper()}: Adam step of the MNIST MLP")
-ax.legend()
+ax.set_ylabel("peak memory of a training step (MiB, log scale)")
+ax.set_title(f"Batch-size search on {device.type.upper()}: two Adam steps of the MNIST "
+             "MLP" + ("" if device.type == "cuda" else "\n(CPU: counted tensor bytes)"))
+ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()

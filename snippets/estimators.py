@@ -1,8 +1,11 @@
 # %% setup
-# What torchsummary and torchinfo estimate for the MNIST MLP at batch 64 and 1024, against the memory one real
-# training step with Adam needs, and what each estimate counts and leaves out.
-# Measured on CUDA: the allocator's peak (max_memory_allocated); on the CPU, which has no allocator counter: the
-# largest count of tensor bytes alive at a phase boundary. Bytes are exact; MiB are 1024-based, MB 10^6 bytes.
+# What torchsummary and torchinfo estimate for the MNIST MLP at batch 64 and 1024,
+# against the peak memory of a training step with Adam, and what each estimate counts
+# and leaves out. The peak memory of a training step: the largest total of tensor bytes
+# alive at one moment over two training steps (as memory_timeline.py shows). On CUDA
+# the allocator's reading, max_memory_allocated above what was allocated before; on the
+# CPU, which has no allocator counter: tensor bytes counted after each event.
+# Bytes are exact; MiB are 1024-based, MB 10^6 bytes.
 import os, socket, sys, contextlib, io, re, gc
 import torch
 import torch.nn as nn
@@ -46,7 +49,8 @@ MiB, MB = 2**20, 10**6
 BATCHES = (64, 1024)
 transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
 train_dataset = load_mnist(True, transform)
-mnist_images, mnist_labels = next(iter(DataLoader(train_dataset, batch_size=max(BATCHES), shuffle=False)))
+first_images = DataLoader(train_dataset, batch_size=2 * max(BATCHES), shuffle=False)
+mnist_images, mnist_labels = next(iter(first_images))   # two batches of the largest
 criterion = nn.CrossEntropyLoss()
 model = MLP().to(device)                    # the model both estimators look at
 param_bytes = nbytes(model.parameters())
@@ -105,6 +109,86 @@ print(f"torchinfo's total_output_bytes at batch 64 = 2 x (64 x 128 + 64 x 10) x 
       f"only the outputs of layers that have parameters (the two Linear layers), doubled")
 
 # %% measured
+# The measured figure is the peak memory of a training step, the same quantity that
+# batch_size_search.py and batch_size_effects.py measure: two training steps with Adam
+# from a fresh model, here on the first two MNIST batches of each size.
+if device.type == "cuda":
+    PEAK_LABEL = "CUDA allocator peak above baseline"
+    COUNTED = ("max_memory_allocated() over the two steps, minus what was allocated "
+               "before them (the model the estimators looked at, cuBLAS's workspaces)")
+else:
+    PEAK_LABEL = "counted tensor bytes"
+    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
+               "autograd saved for backward, each storage once, after each event")
+
+
+def counted_bytes(tensors, saved):
+    """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
+    saved for backward that are not among them."""
+    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+             for t in tensors if t is not None}
+    sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
+    return sum(sizes.values())
+
+
+def training_step_peak(batches, baseline=None):
+    """Peak memory of a training step: the largest total of tensor bytes alive at one
+    moment over two training steps with Adam, from a fresh model.
+    CUDA: max_memory_allocated() above `baseline` (default: what is allocated now).
+    CPU: bytes counted after each event (batch to device, forward with the loss,
+    backward, optimizer step, zero_grad).
+    Returns (bytes, the event of the CPU peak or None on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        if baseline is None:
+            baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    images = labels = output = loss = None
+    saved, counts = {}, []                  # saved: storage address -> bytes
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    def count(event):
+        if device.type == "cpu":
+            params = list(model.parameters())
+            state = [v for s in optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v)]
+            tensors = [*params, *(p.grad for p in params), *state,
+                       images, labels, output, loss]
+            counts.append((counted_bytes(tensors, saved), event))
+
+    for step, (images, labels) in enumerate(batches, start=1):
+        images, labels = images.to(device), labels.to(device)
+        count(f"{step}: batch to device")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = model(images)
+            loss = criterion(output, labels)
+        count(f"{step}: forward")          # with the loss
+        loss.backward()
+        saved.clear()                       # backward frees what autograd saved
+        count(f"{step}: backward")
+        optimizer.step()
+        count(f"{step}: optimizer step")
+        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        count(f"{step}: zero_grad")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - baseline, None
+    return max(counts, key=lambda c: c[0])  # the first event with the most bytes
+
+
+def mnist_batches(batch_size):
+    """The first two MNIST batches of this size, in host memory, each its own tensor."""
+    return [(mnist_images[i * batch_size:(i + 1) * batch_size].clone(),
+             mnist_labels[i * batch_size:(i + 1) * batch_size].clone())
+            for i in range(2)]
+
+
 def forward_saving(model, images, labels):
     """Forward + loss, noting every storage autograd saves for backward (address -> bytes)."""
     saved = {}
@@ -116,54 +200,49 @@ def forward_saving(model, images, labels):
         loss = criterion(output, labels)
     return output, loss, saved
 
-def one_step(batch_size):
-    """One real training step from nothing: model, Adam, batch, forward, backward, step. Returns the counted bytes
-    at each phase boundary and, on CUDA, the allocator's peak above what was allocated before."""
-    if device.type == "cuda":
-        gc.collect(); torch.cuda.empty_cache(); torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+
+def parts_of_a_step(batch_size):
+    """The exact bytes of each part of one Adam step (not all alive at one time)."""
     torch.manual_seed(0)
     net = MLP().to(device)
     optimizer = optim.Adam(net.parameters(), lr=1e-3)
-    images, labels = mnist_images[:batch_size].to(device), mnist_labels[:batch_size].to(device)
+    (images, labels), _ = mnist_batches(batch_size)
+    images, labels = images.to(device), labels.to(device)
     output, loss, saved = forward_saving(net, images, labels)
-    params, batch, kept = list(net.parameters()), nbytes([images, labels]), nbytes([output, loss])
-    known = {t.untyped_storage().data_ptr() for t in [*params, images, labels, output, loss]}
+    params = list(net.parameters())
+    known = {t.untyped_storage().data_ptr()
+             for t in [*params, images, labels, output, loss]}
     activations = sum(n for ptr, n in saved.items() if ptr not in known)
     del saved
-    counted = {"forward": nbytes(params) + batch + activations + kept}
     loss.backward()
-    counted["backward"] = nbytes(params) + nbytes(p.grad for p in params) + batch + kept
     optimizer.step()
-    state = nbytes(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
-    counted["step"] = counted["backward"] + state
-    parts = dict(params=nbytes(params), grads=nbytes(p.grad for p in params), state=state, batch=batch,
-                 activations=activations, kept=kept)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return counted, parts, torch.cuda.max_memory_allocated() - before, before
-    return counted, parts, None, before
+    state = nbytes(v for s in optimizer.state.values() for v in s.values()
+                   if torch.is_tensor(v))
+    return dict(params=nbytes(params), grads=nbytes(p.grad for p in params),
+                state=state, batch=nbytes([images, labels]), activations=activations,
+                kept=nbytes([output, loss]))
 
+
+print(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
 measured, kept_by_autograd = {}, {}
 for batch_size in BATCHES:
-    counted, parts, peak, before = one_step(batch_size)
-    measured[batch_size] = peak if peak is not None else max(counted.values())
+    peak, event = training_step_peak(mnist_batches(batch_size))
+    measured[batch_size] = peak
+    parts = parts_of_a_step(batch_size)
     kept_by_autograd[batch_size] = parts["activations"]
-    print(f"batch {batch_size}: counted tensor bytes at forward {counted['forward']:,} | backward "
-          f"{counted['backward']:,} | Adam step {counted['step']:,}")
-    print(f"  parts: parameters {parts['params']:,} + gradients {parts['grads']:,} + Adam state {parts['state']:,} + "
-          f"batch {parts['batch']:,} + saved activations {parts['activations']:,} (until backward) + logits and "
-          f"loss {parts['kept']:,}")
-    if peak is not None:
-        print(f"  CUDA max_memory_allocated during the step: {peak:,} bytes above the {before:,} bytes already "
-              f"allocated before it (the model the estimators looked at, and cuBLAS's workspaces)")
-    else:
-        print(f"  CPU: counted bytes, not an allocator: the largest count at a phase boundary is "
-              f"{measured[batch_size]:,} bytes")
+    print(f"batch {batch_size}: peak memory of a training step {peak:,} bytes "
+          f"({PEAK_LABEL})" + (f", at '{event}'" if event else ""))
+    print(f"  parts: parameters {parts['params']:,} + gradients {parts['grads']:,} + "
+          f"Adam state {parts['state']:,} + batch {parts['batch']:,} + saved "
+          f"activations {parts['activations']:,} (until backward) + logits and loss "
+          f"{parts['kept']:,}")
+if device.type == "cpu":
+    print("  (the parts are never all alive together: gradients appear at backward, "
+          "when the saved activations are freed, and go at zero_grad)")
+gc.collect()
 
 # %% compare
-kind = "CUDA peak (allocator)" if device.type == "cuda" else "CPU peak (counted)"
+kind = "peak (CUDA allocator)" if device.type == "cuda" else "peak (counted bytes)"
 print(f"{'batch':>5} {'torchsummary':>14} {'torchinfo':>12} {kind:>22} {'measured/summary':>17} "
       f"{'measured/info':>14}   (bytes)")
 for batch_size in BATCHES:

@@ -137,6 +137,17 @@ unit = "bytes: memory_allocated above the start" if device.type == "cuda" else "
 print(f"{'event':<22} {'SGD':>12} {'Adam':>12}   ({unit})")
 for index, event in enumerate(EVENTS):
     print(f"{event:<22} {timelines['SGD'][index]:>12,} {timelines['Adam'][index]:>12,}")
+highest = max(range(len(EVENTS)), key=lambda i: timelines["Adam"][i])
+if device.type == "cpu":
+    print(f"Adam's highest point: {timelines['Adam'][highest]:,} bytes at "
+          f"'{EVENTS[highest]}'. That is the peak memory of a training step (counted "
+          f"tensor bytes), as batch_size_search.py, batch_size_effects.py and "
+          f"estimators.py measure it.")
+else:
+    print(f"Adam's highest memory_allocated at an event: "
+          f"{timelines['Adam'][highest]:,} bytes at '{EVENTS[highest]}'. The peak "
+          f"memory of a training step in the other snippets is max_memory_allocated(), "
+          f"which also catches tensors that live only between two events.")
 
 def change(name, event):
     """Bytes added at an event (negative: freed)."""

@@ -28,6 +28,10 @@ def test_memory_timeline_over_two_steps(recorded):
     assert rows["1: backward"][0] - rows["1: zero_grad"][0] == 407_080            # gradients set to None
     assert rows["2: optimizer step"][1] - rows["2: backward"][1] == 0             # and Adam adds nothing more
     assert rows["2: zero_grad"] == rows["1: zero_grad"]                           # steady state after step one
+    highest = max(rows.items(), key=lambda item: item[1][1])                      # Adam's highest point
+    assert highest[0] == "2: forward" and highest[1][1] > rows["1: forward"][1]
+    assert (f"Adam's highest point: {highest[1][1]:,} bytes at '2: forward'. That is the peak memory of a "
+            f"training step (counted tensor bytes)") in table
     chart = rec["cells"][-1]
     assert chart["figures"] and "Memory over two training steps" in chart["figure_descriptions"][0]
 
@@ -39,7 +43,15 @@ def test_estimators_against_counted_bytes(recorded):
     assert "by its formula exactly: 12,219,944 bytes" in summary
     info = cell_output(rec, "torchinfo-estimate")
     assert "0.678504 MB = 678,504 bytes" in info and "4.748904 MB = 4,748,904 bytes" in info
+    measured = cell_output(rec, "measured")
+    assert ("Peak memory of a training step, counted tensor bytes: parameters, gradients, Adam's state, batch, "
+            "logits, loss, and what autograd saved for backward") in measured
+    assert "batch 64: peak memory of a training step 1,832,116 bytes (counted tensor bytes), at '1: optimizer " \
+           "step'" in measured                                          # gradients and Adam's state together
+    assert "batch 1024: peak memory of a training step 5,046,928 bytes (counted tensor bytes), at '2: " \
+           "forward'" in measured                                        # activations on top of Adam's state
     compare = cell_output(rec, "compare")
-    assert re.search(r"^\s+64\s+1,145,384\s+678,504\s+1,832,116", compare, re.M)
-    assert re.search(r"^\s+1024\s+12,219,944\s+4,748,904\s+4,888,756", compare, re.M)
+    assert "peak (counted bytes)" in compare
+    assert re.search(r"^\s+64\s+1,145,384\s+678,504\s+1,832,116\s+1\.60\s+2\.70$", compare, re.M)
+    assert re.search(r"^\s+1024\s+12,219,944\s+4,748,904\s+5,046,928\s+0\.41\s+1\.06$", compare, re.M)
     assert "What both leave out: the parameters' gradients" in compare

@@ -1,8 +1,14 @@
 """What the memory, batch-size and training snippets print, recorded afresh on the CPU with the real MNIST."""
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import math
 import re
+from pathlib import Path
+
+import pytest
 
 from conftest import cell_output
 
@@ -54,21 +60,177 @@ def test_memory_measured_counts_what_autograd_keeps(recorded):
     assert rows["SGD", 1024][3] == 565_252
 
 
+# The peak memory of a training step at batch B, on the CPU, by hand: the largest count over two Adam steps.
+# Small batches peak at the first optimizer step (parameters, gradients, Adam's state, batch, logits, loss);
+# large ones at the second forward (parameters, Adam's state, batch, saved activations, logits, loss).
+PARAMS, ADAM_STATE = 407_080, 814_176           # Adam: two moment buffers + four 4-byte step counters
+
+
+def peak_by_hand(batch: int) -> int:
+    batch_bytes = batch * (784 * 4 + 8)         # images float32 + labels int64
+    logits_loss = batch * 10 * 4 + 4
+    at_step = 2 * PARAMS + ADAM_STATE + batch_bytes + logits_loss
+    saved = batch * (128 * 4 + 10 * 4) + 4      # ReLU output, log-softmax output, nll_loss's total weight
+    at_second_forward = PARAMS + ADAM_STATE + batch_bytes + saved + logits_loss
+    return max(at_step, at_second_forward)
+
+
+def search_trials(text: str) -> list[tuple[int, int | None, str]]:
+    """(batch, peak bytes or None, verdict) for each row of a printed search table."""
+    rows = re.findall(r"^\s+\d+\s+([\d,]+)\s+([\d,]+|\?)\s{3}(.+)$", text, re.M)
+    return [(int(b.replace(",", "")), None if m == "?" else int(m.replace(",", "")), v) for b, m, v in rows]
+
+
 def test_batch_size_search_doubles_then_bisects_to_a_budget_stop(recorded):
     rec = recorded("batch_size_search")
-    budget = numbers(re.search(r"Memory budget: ([\d,]+) bytes", cell_output(rec, "setup")).group(1))[0]
-    trials = [(int(b.replace(",", "")), int(m.replace(",", "")), verdict) for b, m, verdict in
-              re.findall(r"batch\s+([\d,]+)\s+([\d,]+) bytes\s+(fits|over budget.*)", cell_output(rec, "search"))]
+    setup, search = cell_output(rec, "setup"), cell_output(rec, "search")
+    budget = numbers(re.search(r"Memory budget: ([\d,]+) bytes", setup).group(1))[0]
+    assert "grow the batch step by step until out of memory or results get worse" in setup
+    assert "Our refinement: double from 16" in setup                      # doubling/bisection named as ours
+    assert "peak memory of a training step, counted tensor bytes" in cell_output(rec, "trial")
+    trials = search_trials(search)
     sizes = [t[0] for t in trials]
-    first_fail = next(i for i, t in enumerate(trials) if t[2] != "fits")
+    first_fail = next(i for i, t in enumerate(trials) if not t[2].startswith("fits"))
     assert sizes[:first_fail + 1] == [16 * 2 ** i for i in range(first_fail + 1)]          # doubling from 16
-    assert all(t[2].startswith("over budget (CPU: measured bytes") for t in trials if t[2] != "fits")
-    assert all((m <= budget) == (v == "fits") for _, m, v in trials)                       # the budget decides
-    best = int(re.search(r"Largest batch found: ([\d,]+)", cell_output(rec, "search")).group(1).replace(",", ""))
-    assert best == max(b for b, _, v in trials if v == "fits")
-    assert all(b > best for b, _, v in trials if v != "fits")
+    assert all(v.startswith("over budget (CPU: counted bytes, no real OOM)") for _, _, v in trials
+               if not v.startswith("fits"))
+    assert all((m <= budget) == v.startswith("fits") for _, m, v in trials)              # the budget decides
+    assert all(m == peak_by_hand(b) for b, m, _ in trials)                                 # the peak, exactly
+    outcome = re.search(r"Outcome: found the largest batch: ([\d,]+) fits, ([\d,]+) does not", search)
+    best, failed = (int(g.replace(",", "")) for g in outcome.groups())
+    assert best == max(b for b, _, v in trials if v.startswith("fits"))
+    assert failed == min(b for b, _, v in trials if not v.startswith("fits"))
     assert sizes[first_fail - 1] < best < sizes[first_fail]                                # bisection went on
+    assert failed - best <= max(16, best // 64)
     assert rec["cells"][-1]["figures"]
+
+
+def test_batch_size_search_fits_its_line_to_the_two_largest_fitting_peaks(recorded):
+    search = cell_output(recorded("batch_size_search"), "search")
+    trials = search_trials(search)
+    line = re.search(r"line through the peaks at ([\d,]+) and ([\d,]+): ([\d,.]+) bytes per sample \+ "
+                     r"([\d,]+) bytes fixed", search)
+    b0, b1 = (int(g.replace(",", "")) for g in line.groups()[:2])
+    per_sample, fixed = float(line.group(3).replace(",", "")), int(line.group(4).replace(",", ""))
+    fitting = sorted((b, m) for b, m, v in trials if v.startswith("fits"))
+    assert [b0, b1] == [b for b, _ in fitting[-2:]]                    # the two largest fitting trials
+    for b, m in fitting[-2:]:
+        assert fixed + per_sample * b == m                              # the line goes through both peaks
+    # At those sizes the peak is the second forward: parameters + Adam's state + two 4-byte scalars fixed;
+    # image + label + saved ReLU and log-softmax outputs + logits per sample. The gradients are not in it.
+    assert per_sample == 784 * 4 + 8 + 128 * 4 + 10 * 4 + 10 * 4 == 3736
+    assert fixed == PARAMS + ADAM_STATE + 8
+    assert "Both peaks are at '2: forward'" in search
+
+
+def test_batch_size_search_ends_cleanly_for_tiny_budgets(recorded):
+    """The small-budgets cell: nothing fits, only the start size fits, the cap is reached; each says why."""
+    rec = recorded("batch_size_search")
+    text = cell_output(rec, "small-budgets")
+    peaks = re.search(r"batch 16: ([\d,]+) bytes; batch 32: ([\d,]+) bytes", text)
+    p16, p32 = (int(g.replace(",", "")) for g in peaks.groups())
+    assert (p16, p32) == (peak_by_hand(16), peak_by_hand(32))
+    cases = re.findall(r"^budget ([\d,]+) bytes \((.+?)\), cap ([\d,]+): (\d+) trials? -> ([A-Z ]+): (.*)$", text,
+                       re.M)
+    assert len(cases) == 3, text
+    (b1, _, cap1, n1, o1, m1), (b2, _, cap2, n2, o2, m2), (b3, _, cap3, n3, o3, m3) = cases
+    assert int(b1.replace(",", "")) == p16 // 2 and o1 == "NOTHING FITS" and n1 == "1"
+    assert m1.startswith(f"not even the start size, 16, fits: its peak, {p16:,} bytes, is over the budget")
+    assert m1.endswith("no trial fits: no line to fit")
+    assert p16 <= int(b2.replace(",", "")) < p32 and o2 == "ONLY THE START SIZE FITS" and n2 == "2"
+    assert m2.startswith("16 fits, 32 does not") and m2.endswith("no line can be fitted from one point")
+    assert cap3 == "256" and o3 == "REACHED THE CAP" and n3 == "5"      # 16, 32, 64, 128, 256
+    assert "every size tried fits, up to 256" in m3 and "line through the peaks at 128 and 256" in m3
+
+
+def snippet_cells(name: str) -> dict[str, str]:
+    text = (Path(__file__).resolve().parent.parent / "snippets" / f"{name}.py").read_text(encoding="utf-8")
+    return dict(re.findall(r"^# %% ([a-z][a-z0-9-]*)\n(.*?)(?=^# %% |\Z)", text, re.M | re.S))
+
+
+@pytest.fixture(scope="module")
+def search_namespace():
+    """batch_size_search.py's setup and trial cells, and the definitions of its search cell, run on the CPU."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    cells = snippet_cells("batch_size_search")
+    namespace: dict = {"__name__": "batch_size_search"}
+    available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False                            # the CPU branch, on any machine
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(cells["setup"], "setup", "exec", dont_inherit=True), namespace)
+            exec(compile(cells["trial"], "trial", "exec", dont_inherit=True), namespace)
+            tree = ast.parse(cells["search"])
+            tree.body = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+            exec(compile(tree, "search", "exec", dont_inherit=True), namespace)
+    finally:
+        torch.cuda.is_available = available
+    show, plt.show = plt.show, lambda *args, **kwargs: None             # the chart cell calls plt.show()
+    yield namespace
+    plt.show = show
+    plt.close("all")
+
+
+def test_search_outcomes_called_directly(search_namespace):
+    search, fitted_line = search_namespace["search"], search_namespace["fitted_line"]
+    nothing = search(0)
+    assert nothing.outcome == "nothing fits" and nothing.largest is None and nothing.first_failing == 16
+    assert [t.batch for t in nothing.trials] == [16] and fitted_line(nothing) is None
+    only = search(peak_by_hand(16))                                     # exactly the start size's peak: it fits
+    assert only.outcome == "only the start size fits" and (only.largest, only.first_failing) == (16, 32)
+    assert fitted_line(only) is None
+    capped = search(2**40, cap=16)                                      # one trial, and it is the cap
+    assert capped.outcome == "reached the cap" and capped.largest == 16 and capped.first_failing is None
+    assert fitted_line(capped) is None and search_namespace["line_text"](capped).endswith("from one point")
+    found = search(peak_by_hand(100), cap=256)                          # 16 32 64 (128) 96 (112): resolution 16
+    assert found.outcome == "found the largest batch" and (found.largest, found.first_failing) == (96, 112)
+    assert peak_by_hand(found.largest) <= found.budget < peak_by_hand(found.first_failing)
+    per_sample, fixed, (b0, b1) = fitted_line(found)
+    assert (b0, b1) == (64, 96) and fixed + per_sample * 64 == peak_by_hand(64)
+    assert fixed + per_sample * 96 == peak_by_hand(96)
+    with pytest.raises(ValueError):
+        search(2**40, start=32, cap=16)
+
+
+def test_search_chart_copes_with_every_outcome(search_namespace):
+    import matplotlib.pyplot as plt
+    chart = snippet_cells("batch_size_search")["chart"]
+    for budget, cap in ((0, 65536), (peak_by_hand(16), 65536), (2**40, 16)):
+        namespace = dict(search_namespace, result=search_namespace["search"](budget, cap=cap))
+        exec(compile(chart, "chart", "exec", dont_inherit=True), namespace)
+        assert plt.gcf().axes[0].get_legend() is not None
+        plt.close("all")
+
+
+def test_batch_size_search_never_empties_the_cache_between_trials():
+    """Issue 8: the allocator frees its cache and retries by itself; no empty_cache() call, a fraction reset."""
+    source = (Path(__file__).resolve().parent.parent / "snippets" / "batch_size_search.py").read_text()
+    calls = [node.func.attr for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+    assert "empty_cache" not in calls
+    assert calls.count("set_per_process_memory_fraction") == 2          # the budget, and back to 1.0
+    assert "set_per_process_memory_fraction(1.0)" in source and "except torch.cuda.OutOfMemoryError" in source
+    assert "frees its cached blocks that are not split" in source       # the comment says why
+
+
+def test_one_peak_across_snippets(recorded):
+    """The same quantity, the same bytes: the search, batch_size_effects, estimators and the timeline."""
+    search = {b: m for b, m, _ in search_trials(cell_output(recorded("batch_size_search"), "search"))}
+    effects = {int(r[0]): int(r[3].replace(",", "")) for r in throughput_rows(recorded("batch_size_effects"))}
+    compare = cell_output(recorded("estimators"), "compare")
+    estimators = {int(b): int(m.replace(",", "")) for b, m in
+                  re.findall(r"^\s+(\d+)\s+[\d,]+\s+[\d,]+\s+([\d,]+)\s+[\d.]+\s+[\d.]+$", compare, re.M)}
+    timeline = cell_output(recorded("memory_timeline"), "timeline")
+    highest = int(re.search(r"Adam's highest point: ([\d,]+) bytes at '2: forward'", timeline).group(1)
+                  .replace(",", ""))
+    assert set(estimators) == {64, 1024}
+    for batch in (64, 1024):
+        assert search[batch] == effects[batch] == estimators[batch] == peak_by_hand(batch)
+    assert highest == search[1024]                                      # the timeline runs at batch 1024
+    assert peak_by_hand(64) == 1_832_116 and peak_by_hand(1024) == 5_046_928
 
 
 def test_training_loop_learns(recorded):
@@ -82,12 +244,20 @@ def test_training_loop_learns(recorded):
     assert rec["cells"][-1]["figures"]
 
 
+def throughput_rows(rec: dict) -> list[tuple[str, ...]]:
+    return re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+[\d.]+(?:   peak at '.+')?$",
+                      cell_output(rec, "throughput"), re.M)
+
+
 def test_batch_size_effects(recorded):
     rec = recorded("batch_size_effects")
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+[\d.]+$", cell_output(rec, "throughput"), re.M)
+    throughput = cell_output(rec, "throughput")
+    assert "Peak memory of a training step, counted tensor bytes: parameters, gradients" in throughput
+    rows = throughput_rows(rec)
     assert [int(r[0]) for r in rows] == [16 * 2 ** i for i in range(9)]        # 16 … 4096
     peaks = [int(r[3].replace(",", "")) for r in rows]
-    assert peaks == sorted(peaks) and peaks[0] == 1_688_120                    # same bytes as the search measured
+    assert peaks == [peak_by_hand(int(r[0])) for r in rows]                    # the peak over two steps
+    assert peaks == sorted(peaks) and peaks[0] == 1_679_284
     accuracy = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)%", cell_output(rec, "accuracy"), re.M)
     for batch, per_epoch, total, _ in accuracy:
         assert int(per_epoch) == math.ceil(60000 / int(batch)) and int(total) == 2 * int(per_epoch)
