@@ -262,3 +262,66 @@ else:
           "buffers, freed memory the C allocator keeps), not tensors. On a GPU this table shows nvidia-smi, "
           "mem_get_info, reserved and allocated side by side, and their differences are the CUDA context, "
           "cuBLAS's workspace and the allocator's cache.")
+
+# %% cache-released-under-pressure
+# memory_reserved stays up after a tensor is freed (the block is cached), but the cache
+# is not lost to PyTorch: when an allocation does not fit, the caching allocator frees
+# its cached blocks that are not split and retries before it raises out-of-memory, also
+# under a per-process memory fraction. This cell shows it with no empty_cache() call.
+if device.type == "cuda":
+    LIMIT_ABOVE = 2**30                     # the process may reserve 1 GiB beyond now
+    total = torch.cuda.mem_get_info()[1]    # the fraction is a fraction of this total
+    limit = torch.cuda.memory_reserved() + LIMIT_ABOVE
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total))
+    print(f"Limit: memory_reserved may grow to {limit:,} bytes "
+          f"(what it is now + {LIMIT_ABOVE:,})")
+    COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_ooms")
+    before = torch.cuda.memory_stats()
+
+    def show(label):
+        print(f"{label:<40} allocated {torch.cuda.memory_allocated():>14,}  "
+              f"reserved {torch.cuda.memory_reserved():>14,}")
+
+    first_bytes, second_bytes = 6 * LIMIT_ABOVE // 10, 7 * LIMIT_ABOVE // 10
+    show("start")
+    first = torch.empty(first_bytes, dtype=torch.uint8, device=device)
+    show(f"a tensor of {first_bytes:,} bytes")
+    del first
+    show("deleted: its block stays cached")
+    try:
+        second = torch.empty(second_bytes, dtype=torch.uint8, device=device)
+        show(f"a tensor of {second_bytes:,} bytes")
+        del second
+        succeeded = True
+    except torch.cuda.OutOfMemoryError:
+        print(f"a tensor of {second_bytes:,} bytes: OutOfMemoryError")
+        succeeded = False
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)   # no limit after this cell
+    after = torch.cuda.memory_stats()
+    print("memory_stats() counters, change during the cell: " + ", ".join(
+        f"{key} {after[key] - before.get(key, 0):+}" if key in after
+        else f"{key} (not reported)" for key in COUNTERS))
+    print(f"The second tensor is bigger than the cached block, and the two together "
+          f"({first_bytes + second_bytes:,} bytes) need more than the {LIMIT_ABOVE:,} "
+          f"the limit leaves.")
+    retries = after.get("num_alloc_retries", 0) - before.get("num_alloc_retries", 0)
+    if succeeded and retries > 0:
+        print("It was allocated anyway: the first try failed against the limit, the "
+              "allocator freed its cached blocks that are not split (num_device_free) "
+              "and retried (num_alloc_retries). No empty_cache() call was needed.")
+    elif succeeded:
+        print("It was allocated without a counted retry: see the counters above.")
+    print("torch.cuda.empty_cache() returns cached blocks to the driver: useful for "
+          "other processes, nvidia-smi and libraries that allocate outside PyTorch, "
+          "but it gives PyTorch's own allocations nothing the allocator would not "
+          "release by itself on failure.")
+else:
+    print("CPU fallback: there is no caching allocator on the CPU (a freed CPU tensor "
+          "goes back to the C heap), so there is no cache to release and nothing to "
+          "measure here.")
+    print("On a GPU this cell limits the process with set_per_process_memory_fraction, "
+          "frees a large tensor (memory_reserved stays up: the block is cached), then "
+          "allocates a bigger one that fits only if that cached block is released, "
+          "with no empty_cache() call, and prints memory_stats()' num_alloc_retries "
+          "and num_device_free to show that the allocator released it and retried.")

@@ -1,7 +1,9 @@
 """The GPU-memory snippets: on the CPU they fall back, say so, and still print exact counted bytes."""
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 from conftest import cell_output
 
@@ -13,6 +15,29 @@ def test_gpu_overhead_falls_back_on_the_cpu_and_says_so(recorded):
     assert "The MLP's parameters: 407,080 bytes in 4 tensors" in cell_output(rec, "model")
     assert "the two storages hold exactly 1 and 513 bytes" in cell_output(rec, "block-rounding")
     assert cell_output(rec, "adds-up").splitlines()[0].split() == ["step", "RSS", "(bytes)", "change"]
+
+
+def test_gpu_overhead_allocator_cell_has_a_labelled_cpu_fallback(recorded):
+    text = cell_output(recorded("gpu_overhead"), "cache-released-under-pressure")
+    lines = text.strip().splitlines()
+    assert len(lines) == 2, text
+    assert lines[0].startswith("CPU fallback: there is no caching allocator on the CPU")
+    assert "nothing to measure here" in lines[0]
+    assert "with no empty_cache() call" in lines[1] and "num_alloc_retries" in lines[1]
+    assert not re.search(r"\d", text)                                   # no numbers: nothing was measured
+
+
+def test_gpu_overhead_allocator_cell_releases_the_cache_without_empty_cache():
+    """The CUDA branch, read statically (no GPU here): a limit, a freed block, a bigger one, no empty_cache."""
+    source = (Path(__file__).resolve().parent.parent / "snippets" / "gpu_overhead.py").read_text()
+    cell = source[source.index("# %% cache-released-under-pressure"):]
+    calls = [node.func.attr for node in ast.walk(ast.parse(cell))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+    assert "empty_cache" not in calls
+    assert calls.count("set_per_process_memory_fraction") == 2 and "set_per_process_memory_fraction(1.0)" in cell
+    assert "6 * LIMIT_ABOVE // 10, 7 * LIMIT_ABOVE // 10" in cell       # 0.6 + 0.7 of the limit: over it together
+    assert '"num_alloc_retries"' in cell and '"num_device_free"' in cell
+    assert not re.search(r"never shrinks|empty_cache\(\) is needed|keep .* apart", source)
 
 
 def test_memory_timeline_over_two_steps(recorded):
