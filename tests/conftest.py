@@ -23,9 +23,13 @@ def lesson_outputs(tmp_path_factory) -> Path:
     """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings."""
     data = Path(os.environ["LESSON_DATA"])
     if not (data / "MNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST not found: no folder {data / 'MNIST' / 'raw'} (from LESSON_DATA={data}). Fix: point "
-                    "LESSON_DATA at a folder that holds MNIST/raw, e.g. LESSON_DATA=../shared/data, or at an empty "
-                    "folder on a machine with network access, where the snippets download MNIST into it.")
+        pytest.fail(
+            f"MNIST not found: the tests looked for {(data / 'MNIST' / 'raw').resolve()} "
+            f"(LESSON_DATA={os.environ['LESSON_DATA']}). Fix: set LESSON_DATA to a folder that holds MNIST/raw, "
+            "e.g. LESSON_DATA=../shared/data, or let the snippets download MNIST into ./data once (needs the "
+            "internet): LESSON_DATA=./data .venv/bin/python snippets/mnist_samples.py, then run the tests with "
+            "LESSON_DATA=./data (bash .ci/run uses ./data when ../shared/data is absent).",
+            pytrace=False)
     out = tmp_path_factory.mktemp("outputs")
     process = run_recorder("--device", "cpu", "--force", "--out", str(out))
     assert process.returncode == 0, process.stdout + process.stderr

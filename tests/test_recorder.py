@@ -5,13 +5,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from conftest import run_recorder
+from conftest import ROOT, run_recorder
 from tools import environment, snippets
 
 GOOD = '''# %% setup
@@ -249,3 +250,20 @@ def test_check_plain_record_and_strict_build_agree_on_every_environment_field(pr
         assert recording(project)["environment"][field] != value
     else:
         assert "demo: current on cpu, skipped" in record(project).stdout
+
+
+def test_cells_run_as_plain_python_without_the_recorders_future_imports(project):
+    """tools.run_cells has `from __future__ import annotations`; a snippet's cells must not inherit it."""
+    (project / "snippets" / "plain.py").write_text("# %% setup\ndef f(x: int):\n    return x\nprint(f.__annotations__)\n")
+    assert record(project, "plain").returncode == 0
+    assert recording(project, "plain")["cells"][0]["stdout"] == "{'x': <class 'int'>}\n"
+
+
+def test_missing_mnist_fails_the_lesson_tests_with_a_fix(tmp_path):
+    """Without MNIST under LESSON_DATA, the tests that need the recorded lesson stop at once and say how to fix it."""
+    env = dict(os.environ, LESSON_DATA=str(tmp_path / "empty"))
+    process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                              "tests/test_lesson_data_models.py"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode != 0
+    assert "MNIST not found" in process.stdout and "Fix: set LESSON_DATA to a folder that holds MNIST/raw" in process.stdout

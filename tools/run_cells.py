@@ -74,7 +74,7 @@ def _describe(figure) -> str:
 
 
 def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Path, prefix: str) -> dict:
-    code = compile("\n" * (cell.first_line - 1) + cell.source + "\n", filename, "exec")
+    code = compile("\n" * (cell.first_line - 1) + cell.source + "\n", filename, "exec", dont_inherit=True)
     stdout, stderr = io.StringIO(), io.StringIO()
     torch = _cuda_in_use()
     if torch:
