@@ -17,28 +17,34 @@ Markers:
 """
 from __future__ import annotations
 
+import html
 import logging
 import posixpath
 import re
 import sys
 from pathlib import Path
 
+from markdown.extensions.toc import slugify
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
+from mkdocs.utils import get_relative_url
 
 # MkDocs loads this file by path; make its package importable however mkdocs was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools import notebook_pages, recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
-CELL_MARKER = re.compile(r"^<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
+CELL_MARKER = re.compile(r"^(?P<indent>[ \t]*)<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
                          r"(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$", re.MULTILINE)
+HEADING = re.compile(r"^(#{1,3})[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 DEVICE_BLOCK = re.compile(r"^<!--[ \t]*(?P<kind>gpu|cpu)-only:[ \t]*(?P<snippet>[\w-]+)[ \t]*-->[ \t]*\n"
                           r"(?P<body>.*?)^<!--[ \t]*/(?P=kind)-only[ \t]*-->[ \t]*$", re.MULTILINE | re.DOTALL)
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
-FLAGS = {"no-code", "no-output", "gpu"}
+FLAGS = {"no-code", "no-output", "gpu", "collapsed"}
 KIND = {"cuda": "GPU", "cpu": "CPU"}
 _stale: dict[str, str] = {}
+_taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
 def on_files(files, config):
@@ -62,12 +68,17 @@ def tab_label(recording: dict) -> str:
     return f"{KIND[env['device']]} · {env['device_name']}"
 
 
-def stamp(recording: dict, page) -> str:
-    env, snippet = recording["environment"], recording["snippet"]
+def stamp(found: dict[str, dict], page) -> str:
+    """One line naming the snippet, its notebook, and every recording of it: device, torch, date, seconds the whole
+    file took. Shown once per snippet section, after its last cell there."""
+    first = next(iter(found.values()))
+    snippet = first["snippet"]
     name = Path(snippet).stem
-    return (f"Recorded on **{env['device_name']}** ({KIND[env['device']]}) · torch {env['torch']} · "
-            f"{env['recorded_at'][:10]} · [{snippet}]({_relative(page, snippet)}) · "
-            f"[notebook]({_relative(page, f'notebooks/{name}.ipynb')})\n{{: .cell-stamp }}")
+    runs = [f"**{tab_label(r)}** (torch {r['environment']['torch']}"
+            + (f", CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
+            + f", {r['environment']['recorded_at'][:10]}, {r['seconds']:.1f} s)" for r in found.values()]
+    return (f"[{snippet}]({_relative(page, snippet)}) · [notebook]({_relative(page, f'notebooks/{name}.ipynb')}) · "
+            f"recorded on {' and on '.join(runs)}\n{{: .cell-stamp }}")
 
 
 def fence(text: str, language: str, title: str, css_class: str = "") -> str:
@@ -81,22 +92,22 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" if line else "" for line in text.splitlines())
 
 
-def outputs(result: dict, recording: dict, page, show_output: bool) -> str:
-    """A recorded cell's stdout, its stderr and warnings (styled apart), its figures, and the stamp."""
+def outputs(result: dict, page) -> str:
+    """A recorded cell's stdout, its stderr and warnings (styled apart) and its figures; '' when it has none."""
     parts = []
-    if show_output:
-        if result["stdout"]:
-            parts.append(fence(result["stdout"], "text", "Output"))
-        errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
-        if errors:
-            parts.append(fence(errors, "text", "stderr and warnings", "cell-stderr"))
-        for figure, description in zip(result["figures"], result["figure_descriptions"]):
-            parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
-    parts.append(stamp(recording, page))
+    if result["stdout"]:
+        parts.append(fence(result["stdout"], "text", "Output"))
+    errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
+    if errors:
+        parts.append(fence(errors, "text", "stderr and warnings", "cell-stderr"))
+    for figure, description in zip(result["figures"], result["figure_descriptions"]):
+        parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
     return "\n\n".join(parts)
 
 
-def render_cell(snippet_name: str, cell_name: str, flags: set[str], page) -> str:
+def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_stamp: bool = True) -> str:
+    """The cell's code, its outputs (one content tab per device when there is more than one, GPU first) and, with
+    ``with_stamp``, the snippet's stamp."""
     path = snippets.SNIPPETS_DIR / f"{snippet_name}.py"
     where = f"{page.file.src_uri}: <!-- cell: {snippet_name}/{cell_name} -->"
     if not path.exists():
@@ -112,23 +123,61 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page) -> str
     if stale or recordings.REQUIRED not in found:
         reason = "\n\n    ".join(stale) or "no recording"
         return f'!!! failure "Stale or missing recording"\n    {reason}\n\n{code}'
+    if "collapsed" in flags:
+        code = f'??? example "{path.name} · {cell.name} (the code, folded: open it to read it)"\n\n{_indent(code)}'
     parts = [] if "no-code" in flags else [code]
-    blocks = []
-    for device, recording in found.items():
-        result = next(r for r in recording["cells"] if r["name"] == cell_name)
-        blocks.append((tab_label(recording), outputs(result, recording, page, "no-output" not in flags)))
-    if len(blocks) == 1 and "gpu" in flags:
-        blocks.insert(0, ("GPU · not recorded yet", f"Not recorded on a GPU yet: on a machine with CUDA, run "
-                                 f"`python -m tools.record --device cuda {snippet_name}`."))
-        selected = 1
-    else:
+    blocks = [(tab_label(recording), outputs(next(r for r in recording["cells"] if r["name"] == cell_name), page))
+              for recording in found.values()] if "no-output" not in flags else []
+    if any(body for _, body in blocks):
         selected = 0
-    if len(blocks) == 1:
-        parts.append(blocks[0][1])
-    else:
-        parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n{_indent(body)}'
-                                 for index, (label, body) in enumerate(blocks)))
+        if len(blocks) == 1 and "gpu" in flags:
+            blocks.insert(0, ("GPU · not recorded yet", f"Not recorded on a GPU yet: on a machine with CUDA, run "
+                                                        f"`python -m tools.record --device cuda {snippet_name}`."))
+            selected = 1
+        if len(blocks) == 1:
+            parts.append(blocks[0][1])
+        else:
+            parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n'
+                                     f'{_indent(body or "This cell printed nothing here.")}'
+                                     for index, (label, body) in enumerate(blocks)))
+    if with_stamp:
+        parts.append(stamp(found, page))
     return "\n\n".join(parts)
+
+
+def expand_cells(markdown: str, page) -> str:
+    """Expand every cell marker. A snippet's stamp follows the last cell of each run of its cells: the next marker
+    belongs to another snippet, or a heading comes first, or it is the page's last marker."""
+    matches = list(CELL_MARKER.finditer(markdown))
+    pieces, last = [], 0
+    for index, match in enumerate(matches):
+        following = matches[index + 1] if index + 1 < len(matches) else None
+        with_stamp = (following is None or following["snippet"] != match["snippet"]
+                      or HEADING.search(markdown, match.end(), following.start()) is not None)
+        text = render_cell(match["snippet"], match["cell"], set(match["flags"].split()), page, with_stamp)
+        indent = match["indent"]
+        pieces += [markdown[last:match.start()],
+                   "\n".join(f"{indent}{line}" if line else "" for line in text.splitlines())]
+        last = match.end()
+    pieces.append(markdown[last:])
+    return "".join(pieces)
+
+
+def snippet_links(markdown: str, page, config) -> str:
+    """After the page's H1: the snippets its cells come from, each with its notebook, its .py and Colab."""
+    names = list(dict.fromkeys(m["snippet"] for m in CELL_MARKER.finditer(markdown)))
+    names = [n for n in names if (snippets.SNIPPETS_DIR / f"{n}.py").exists()]
+    heading = re.search(r"^# .*$", markdown, re.MULTILINE)
+    if not names or not heading:
+        return markdown
+    repo = config["repo_url"].removeprefix("https://github.com/").strip("/")
+    items = [f"`{name}.py` ([notebook]({_relative(page, f'notebooks/{name}.ipynb')}) · "
+             f"[.py]({_relative(page, f'snippets/{name}.py')}) · "
+             f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb))"
+             for name in names]
+    links = ("\n\n<div class=\"snippet-links\" markdown>\n**Run this page's code yourself:** "
+             + ", ".join(items) + "\n</div>\n")
+    return markdown[:heading.end()] + links + markdown[heading.end():]
 
 
 def device_blocks(markdown: str, page) -> str:
@@ -194,11 +243,69 @@ def on_post_page(output, page, config):
 
 def on_page_markdown(markdown, page, config, files):
     markdown = device_blocks(markdown, page)
-    markdown = CELL_MARKER.sub(
-        lambda m: render_cell(m["snippet"], m["cell"], set(m["flags"].split()), page), markdown)
+    markdown = snippet_links(markdown, page, config)
+    markdown = expand_cells(markdown, page)
 
     def table(match):
         if match["table"] not in TABLE_MARKERS:
             return match.group(0)
         return computation_times(page) if match["table"] == "computation-times" else recorded_hardware(page)
     return TABLE_MARKER.sub(table, markdown)
+
+
+def on_nav(nav, config, files):
+    """Where each snippet is taught first: the chapter page and the section (## or ###) of its first cell."""
+    _taught.clear()
+    for page in nav.pages:
+        if not page.file.src_uri.startswith("chapters/"):
+            continue
+        text = Path(page.file.abs_src_path).read_text(encoding="utf-8")
+        for match in CELL_MARKER.finditer(text):
+            headings = [h for h in HEADING.finditer(text, 0, match.start()) if len(h[1]) > 1]
+            _taught.setdefault(match["snippet"], (page, headings[-1]["title"] if headings else None))
+    return nav
+
+
+def header_sentence(name: str) -> str:
+    """The first sentence of the snippet's opening comment: what the file shows."""
+    lines = []
+    for line in (snippets.SNIPPETS_DIR / f"{name}.py").read_text(encoding="utf-8").splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    match = re.match(r"(.+?\.)(?:\s|$)", text)
+    return match[1] if match else text
+
+
+@event_priority(100)        # before Material's search plugin reads page.meta
+def on_page_context(context, page, config, nav):
+    """Notebook pages: out of the search index (the chapters hold the same text), and headed by a title, a sentence
+    on what they show, a link to the section that teaches them, and the downloads. The last chapter's "Next" does
+    not lead into the notebooks."""
+    if page.file.src_uri.startswith("notebooks/"):
+        page.meta["search"] = {"exclude": True}
+        page.content = notebook_header(page, config) + page.content
+    elif page.next_page is not None and page.next_page.file.src_uri.startswith("notebooks/"):
+        page.next_page = None
+    return context
+
+
+def notebook_header(page, config) -> str:
+    name = Path(page.file.src_uri).stem
+    repo = config["repo_url"].removeprefix("https://github.com/").strip("/")
+    taught = ""
+    if name in _taught:
+        chapter, section = _taught[name]
+        plain = re.sub(r"[`*_]", "", section or "")
+        url = get_relative_url(chapter.url, page.url) + (f"#{slugify(plain, '-')}" if section else "")
+        title = chapter.title + (f": {plain}" if section else "")
+        taught = f' Taught in <a href="{html.escape(url)}">{html.escape(title)}</a>.'
+    py = get_relative_url(f"snippets/{name}.py", page.url)
+    return (f'<h1>{html.escape(page.title)}</h1>\n'
+            f'<p class="notebook-intro">{html.escape(header_sentence(name))}{taught}</p>\n'
+            f'<nav class="notebook-links" aria-label="Downloads for this notebook">'
+            f'<a class="md-button" href="{name}.ipynb" download>Download {name}.ipynb</a> '
+            f'<a class="md-button" href="{html.escape(py)}" download>Download {name}.py</a> '
+            f'<a class="md-button" href="https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/'
+            f'{name}.ipynb">Open in Colab</a></nav>\n')

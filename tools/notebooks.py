@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-from tools import recordings, snippets
+from tools import environment, recordings, snippets
 
 NOTEBOOKS_DIR = snippets.ROOT / "docs" / "notebooks"
 KIND = {"cuda": "GPU", "cpu": "CPU"}
@@ -46,12 +46,21 @@ def outputs_of(result: dict, outputs_dir: Path) -> list:
     return outputs
 
 
+def colab_cell() -> nbformat.NotebookNode:
+    """A first code cell that installs what Google Colab lacks (torch, torchvision, numpy and matplotlib are there),
+    at the versions the lesson pins; elsewhere it installs nothing new. One line, and no output of its own."""
+    pins = environment.pinned()
+    return nbformat.v4.new_code_cell(
+        f"%pip install -q torchsummary=={pins['torchsummary']} torchinfo=={pins['torchinfo']}  # for Colab",
+        metadata={"title": "install"})
+
+
 def build(snippet: Path, recording: dict, outputs_dir: Path = recordings.OUTPUTS_DIR,
           all_recordings: dict[str, dict] | None = None) -> nbformat.NotebookNode:
     """One code cell per snippet cell, carrying ``recording``'s stdout, stderr, warnings and figures (PNG with alt
     text). ``all_recordings`` (device → recording) lets the first cell name the other recordings."""
     recorded = {cell["name"]: cell for cell in recording["cells"]}
-    cells = [nbformat.v4.new_markdown_cell(f"*{stamp_text(recording, all_recordings)}*")]
+    cells = [nbformat.v4.new_markdown_cell(f"*{stamp_text(recording, all_recordings)}*"), colab_cell()]
     for cell in snippets.cells(snippet):
         outputs = outputs_of(recorded.get(cell.name, {}), outputs_dir)
         cells.append(nbformat.v4.new_code_cell(cell.source, outputs=outputs, metadata={"title": cell.name}))
