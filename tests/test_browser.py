@@ -23,7 +23,8 @@ from tools import snippets  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
-CHAPTERS = ["chapters/image-data/", "chapters/models/", "chapters/gpu-memory/", "chapters/batch-size/"]
+CHAPTERS = ["chapters/image-data/", "chapters/models/", "chapters/memory-arithmetic/", "chapters/real-gpu/",
+            "chapters/batch-size/"]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -171,10 +172,10 @@ def test_search_for_adam_leads_to_the_memory_chapter(context, server):
     page.keyboard.type("Adam")
     first = page.locator("li.md-search-result__item a").first
     first.wait_for(timeout=10_000)
-    assert "chapters/gpu-memory/" in first.get_attribute("href")
+    assert "chapters/memory-arithmetic/" in first.get_attribute("href")
     first.click()
     page.wait_for_load_state()
-    assert "/chapters/gpu-memory/" in page.url
+    assert "/chapters/memory-arithmetic/" in page.url
 
 
 def _contrast(page, selector):
