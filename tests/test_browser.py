@@ -181,10 +181,10 @@ def test_search_for_adam_leads_to_the_memory_chapter(context, server):
     page.keyboard.type("Adam")
     first = page.locator("li.md-search-result__item a").first
     first.wait_for(timeout=10_000)
-    assert re.search(r"chapters/(gpu-memory|memory-arithmetic)/", first.get_attribute("href"))
+    assert "chapters/memory-arithmetic/" in first.get_attribute("href")
     first.click()
     page.wait_for_load_state()
-    assert re.search(r"/chapters/(gpu-memory|memory-arithmetic)/", page.url)
+    assert "/chapters/memory-arithmetic/" in page.url
 
 
 def _contrast(page, selector):
