@@ -225,7 +225,143 @@ def test_notebook_pages_render_with_figures(context, server):
     for name in with_figures:
         visit = Visit(context, server)
         page = visit.open(f"notebooks/{name}/")
-        assert page.locator(".jp-Notebook > .jp-CodeCell").count() == len(snippets.cells(snippets.SNIPPETS_DIR / f"{name}.py"))
+        cells = len(snippets.cells(snippets.SNIPPETS_DIR / f"{name}.py"))
+        assert page.locator(".jp-Notebook > .jp-CodeCell").count() == cells + 1     # + the Colab install cell
         images = page.locator(".jp-OutputArea-output img")
         assert images.count() >= 1 and not visit.broken, name
         assert all(images.nth(i).get_attribute("alt") not in ("", None) for i in range(images.count()))
+
+
+# What a reader sees, at a laptop's and a phone's width, in both colour schemes (issue: a lesson a learner can read).
+
+WIDTHS = (1280, 390)
+LAYOUT_JS = """async () => {
+    for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
+    const boxes = [...document.querySelectorAll('.md-typeset pre > code, .jp-Notebook pre')].map(el => {
+        const cs = getComputedStyle(el);
+        return {python: !!el.closest('div.language-python'), text: el.innerText.slice(0, 50),
+                wrap: cs.whiteSpace, overflowX: cs.overflowX, visible: el.getClientRects().length > 0,
+                scrolls: el.scrollWidth > el.clientWidth + 1,
+                bar: el.offsetHeight - el.clientHeight - parseFloat(cs.borderTopWidth) - parseFloat(cs.borderBottomWidth)};
+    });
+    const figures = [...document.images].filter(i => /outputs\\/|^data:image\\/png/.test(i.getAttribute('src') || ''))
+        .map(i => ({src: (i.getAttribute('src') || '').slice(0, 80), natural: i.naturalWidth,
+                    shown: i.getBoundingClientRect().width}));
+    return {boxes, figures, height: document.documentElement.scrollHeight};
+}"""
+
+
+def site_pages(site: Path) -> list[str]:
+    """Every HTML page of the built site, as a URL path ('' for the home page)."""
+    return sorted(str(p.parent.relative_to(site)) + "/" if p.parent != site else ""
+                  for p in site.rglob("index.html") if "assets" not in p.parts and p.parent.name != "search")
+
+
+@pytest.fixture(scope="module")
+def layout(browser, server, site):
+    """Every page at 1280 px and at 390 px: its code and output boxes, its figures and its height."""
+    found = {}
+    for width in WIDTHS:
+        context = browser.new_context(base_url=server, viewport={"width": width, "height": 900})
+        page = context.new_page()
+        for url in site_pages(site):
+            page.goto(url, wait_until="load")
+            found[(width, url)] = page.evaluate(LAYOUT_JS)
+        context.close()
+    heights = {url: data["height"] for (width, url), data in found.items() if width == 1280}
+    print("\npage heights at 1280 px (screens of 900 px): "
+          + ", ".join(f"{url or 'home'} {h} ({h / 900:.1f})" for url, h in sorted(heights.items())))
+    return found
+
+
+def test_code_never_wraps_and_what_is_too_wide_scrolls_visibly(layout):
+    problems = []
+    for (width, url), data in layout.items():
+        for box in data["boxes"]:
+            if not box["visible"]:
+                continue           # in a tab that is not selected
+            where = f"{width} px {url or 'home'}: {box['text']!r}"
+            if box["wrap"] not in ("pre", "nowrap"):
+                problems.append(f"{where} wraps (white-space: {box['wrap']})")
+            if box["scrolls"] and (box["overflowX"] not in ("auto", "scroll") or box["bar"] <= 0):
+                problems.append(f"{where} is cut off without a visible scrollbar")
+    assert not problems, "\n".join(problems)
+
+
+def test_chapter_code_fits_its_box_at_1280_px(layout):
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in layout.items()
+            if width == 1280 and url.startswith("chapters/") for box in data["boxes"]
+            if box["python"] and box["visible"] and box["scrolls"]]
+    assert not wide, "code wider than its box at 1280 px:\n" + "\n".join(wide)
+
+
+def test_figures_are_drawn_at_high_pixel_density(layout):
+    """A figure's PNG is at least 1.5 times as wide, in pixels, as it is shown, at both widths."""
+    blurry = [f"{width} px {url}: {f['src']} natural {f['natural']} px, shown {f['shown']:.0f} px"
+              for (width, url), data in layout.items() for f in data["figures"]
+              if f["shown"] > 0 and f["natural"] < 1.5 * f["shown"]]
+    shown = sum(1 for data in layout.values() for f in data["figures"] if f["shown"] > 0)
+    assert shown >= 10 and not blurry, "\n".join(blurry)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_contrast_in_the_dark_scheme(browser, server, site, width):
+    """axe's colour-contrast rule (text and syntax tokens at least 4.5:1): every page in the dark scheme at 1280 px
+    (the crawl runs every rule in the light scheme at 1280 px); one page of each type in both schemes at 390 px."""
+    from axe_playwright_python.sync_playwright import Axe
+    axe, found = Axe(), []
+    schemes = ("dark",) if width == 1280 else ("dark", "light")
+    every = site_pages(site)
+    one_of_each = sorted({url.split("/")[0]: url for url in every}.values())   # home, a chapter, a notebook, …
+    for scheme in schemes:
+        context = browser.new_context(base_url=server, viewport={"width": width, "height": 900},
+                                      color_scheme=scheme)
+        page = context.new_page()
+        for url in (every if width == 1280 else one_of_each):
+            page.goto(url, wait_until="load")
+            assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == (
+                "slate" if scheme == "dark" else "default")
+            result = axe.run(page, options={"runOnly": ["color-contrast"]}).response["violations"]
+            found += [f"{scheme} {url or 'home'}: {node['target']} {node.get('any', [{}])[0].get('message', '')[:120]}"
+                      for v in result for node in v["nodes"]]
+        context.close()
+    assert not found, f"{len(found)} contrast failures:\n" + "\n".join(found[:40])
+
+
+def test_notebook_pages_have_human_titles_in_the_chapters_order(context, server, site):
+    import yaml
+    nav = yaml.safe_load((snippets.ROOT / "mkdocs.yml").read_text())["nav"]
+    notebooks = next(item["Notebooks"] for item in nav if isinstance(item, dict) and "Notebooks" in item)
+    titles = [(next(iter(entry)), next(iter(entry.values()))) for entry in notebooks]
+    assert {Path(path).stem for _, path in titles} == {p.stem for p in snippets.find()}
+    course = next(item["Course"] for item in nav if isinstance(item, dict) and "Course" in item)
+    order = []                                   # snippets in the order the chapters first show them
+    for entry in course:
+        text = (snippets.ROOT / "docs" / next(iter(entry.values()))).read_text()
+        for name in re.findall(r"<!--\s*cell:\s*([\w-]+)/", text):
+            if name not in order:
+                order.append(name)
+    assert [Path(path).stem for _, path in titles] == order
+    for title, path in titles:
+        name = Path(path).stem
+        assert title != name and "_" not in title
+        page = Visit(context, server).open(f"notebooks/{name}/")
+        assert page.locator("h1").count() == 1 and page.locator("h1").inner_text() == title
+        intro = page.locator("p.notebook-intro")
+        assert intro.count() == 1 and "Taught in" in intro.inner_text()
+        back = intro.locator("a")
+        href = back.get_attribute("href")
+        assert "chapters/" in href and "#" in href
+        anchor = href.split("#")[1]
+        page.goto(urljoin(page.url, href))
+        assert page.locator(f"[id='{anchor}']").count() == 1, f"{name}: {href} has no such section"
+
+
+def test_the_last_chapter_does_not_lead_into_the_notebooks(context, server):
+    import yaml
+    nav = yaml.safe_load((snippets.ROOT / "mkdocs.yml").read_text())["nav"]
+    course = next(item["Course"] for item in nav if isinstance(item, dict) and "Course" in item)
+    last = next(iter(course[-1].values())).removesuffix(".md") + "/"
+    page = Visit(context, server).open(last)
+    nexts = page.locator("a.md-footer__link--next")
+    assert nexts.count() == 0 or "notebooks/" not in nexts.first.get_attribute("href")

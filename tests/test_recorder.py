@@ -171,7 +171,9 @@ def test_notebook_is_made_from_the_recording_and_kept_in_step(project):
     record(project)
     path = project / "notebooks" / "demo.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    code = [c for c in notebook.cells if c.cell_type == "code"]
+    install, *code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert install.metadata["title"] == "install" and install.source.startswith("%pip install -q torchsummary==")
+    assert f"torchinfo=={metadata.version('torchinfo')}" in install.source and not install.outputs   # for Colab
     assert [c.metadata["title"] for c in code] == ["setup", "chart"]
     assert code[0].source == snippets.cells(project / "snippets" / "demo.py")[0].source
     assert code[1].outputs[0]["text"] == "42\n"
