@@ -1,0 +1,259 @@
+// The memory calculator (docs/calculator.md): the bytes one step of an MLP needs, part by part.
+// The same formulas, texts and messages as the Python reference tools/memory_calc.py (read its docstrings for the
+// formulas); both are checked against tests/memory_calc_vectors.json. Every byte count is a BigInt, so big values
+// stay exact; nothing here can produce NaN or Infinity. No dependencies; it does nothing on other pages.
+(function () {
+  "use strict";
+
+  var ITEMSIZE = { float32: 4n, float16: 2n, bfloat16: 2n };
+  var OPTIMIZERS = { sgd: "SGD", "sgd-momentum": "SGD with momentum", adam: "Adam" };
+  var STATE_BUFFERS = { sgd: 0, "sgd-momentum": 1, adam: 2 };
+  var LABEL_BYTES = 8n;
+  var BLOCK = 512n;
+  var MAX_SIZE = 1000000n, MIN_SIZES = 2, MAX_SIZES = 100, MAX_BATCH = 1000000n;
+  var PARTS = ["parameters", "gradients", "optimizer_state", "batch", "saved_activations"];
+  var ROWS = PARTS.concat(["total", "total_blocks"]);
+
+  var LAYERS_EMPTY = "Enter the layer sizes, for example 784, 128, 10.";
+  var LAYERS_TOO_FEW = "Give at least two sizes: the input size and the number of classes.";
+  var LAYERS_TOO_MANY = "Give at most " + MAX_SIZES + " sizes.";
+  var BATCH_EMPTY = "Enter a batch size, for example 64.";
+  var BATCH_TOO_SMALL = "The batch size must be at least 1.";
+  var BATCH_TOO_BIG = "The batch size can be at most " + group(MAX_BATCH) + ".";
+  var BATCH_NOT_WHOLE = "The batch size must be a whole number written in digits, such as 64.";
+  var SEPARATORS = /[ \t\r\n,]+/;
+  var DIGITS = /^[0-9]+$/;
+  var NEGATIVE = /^-[0-9]+$/;
+
+  function layerNotWhole(i) { return "Layer sizes must be whole numbers written in digits; size " + i + " is not."; }
+  function layerTooSmall(i) { return "Each layer size must be at least 1; size " + i + " is not."; }
+  function layerTooBig(i) { return "Each layer size can be at most " + group(MAX_SIZE) + "; size " + i + " is bigger."; }
+
+  // The layer-sizes field → an array of BigInt; throws an Error whose message is shown next to the field.
+  function parseLayers(text) {
+    var tokens = String(text).split(SEPARATORS).filter(function (t) { return t !== ""; });
+    if (tokens.length === 0) throw new Error(LAYERS_EMPTY);
+    var sizes = [];
+    for (var i = 0; i < tokens.length; i++) {
+      var token = tokens[i], position = i + 1;
+      if (NEGATIVE.test(token)) throw new Error(layerTooSmall(position));
+      if (!DIGITS.test(token)) throw new Error(layerNotWhole(position));
+      var size = BigInt(token);
+      if (size < 1n) throw new Error(layerTooSmall(position));
+      if (size > MAX_SIZE) throw new Error(layerTooBig(position));
+      sizes.push(size);
+    }
+    if (sizes.length < MIN_SIZES) throw new Error(LAYERS_TOO_FEW);
+    if (sizes.length > MAX_SIZES) throw new Error(LAYERS_TOO_MANY);
+    return sizes;
+  }
+
+  // The batch-size field → a BigInt; throws like parseLayers.
+  function parseBatch(text) {
+    var token = String(text).replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
+    if (token === "") throw new Error(BATCH_EMPTY);
+    if (NEGATIVE.test(token)) throw new Error(BATCH_TOO_SMALL);
+    if (!DIGITS.test(token)) throw new Error(BATCH_NOT_WHOLE);
+    var batch = BigInt(token);
+    if (batch < 1n) throw new Error(BATCH_TOO_SMALL);
+    if (batch > MAX_BATCH) throw new Error(BATCH_TOO_BIG);
+    return batch;
+  }
+
+  // {part: [bytes of each tensor]}, as tools/memory_calc.estimate. Inputs already checked by the parsers.
+  function estimate(layers, batch, dtype, optimizer, mode) {
+    var s = ITEMSIZE[dtype], training = mode === "training";
+    if (s === undefined || !(optimizer in OPTIMIZERS) || (mode !== "training" && mode !== "inference")) {
+      throw new Error("unknown dtype, optimizer or mode");
+    }
+    var parameters = [];
+    for (var i = 0; i + 1 < layers.length; i++) {
+      parameters.push(layers[i] * layers[i + 1] * s, layers[i + 1] * s);        // weight, bias
+    }
+    var state = [];
+    if (training) {
+      parameters.forEach(function (p) { for (var k = 0; k < STATE_BUFFERS[optimizer]; k++) state.push(p); });
+    }
+    var saved = [];
+    if (training) {
+      layers.slice(1, -1).forEach(function (width) { saved.push(batch * width * s); });   // each ReLU output
+      saved.push(batch * layers[layers.length - 1] * s, s);                       // log_softmax output, total weight
+    }
+    return {
+      parameters: parameters,
+      gradients: training ? parameters.slice() : [],
+      optimizer_state: state,
+      batch: [batch * layers[0] * s, batch * LABEL_BYTES],                       // images, int64 labels
+      saved_activations: saved
+    };
+  }
+
+  function sum(list) { return list.reduce(function (a, b) { return a + b; }, 0n); }
+  function blocks(n) { return n <= 0n ? 0n : ((n + BLOCK - 1n) / BLOCK) * BLOCK; }
+
+  function group(n) {
+    return BigInt(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+  // n / divisor with `decimals` decimals, rounded half up, exactly (BigInt), with thousands separators.
+  function fixed(n, divisor, decimals) {
+    var scale = 10n ** BigInt(decimals);
+    var q = (2n * n * scale + divisor) / (2n * divisor);
+    var frac = (q % scale).toString();
+    while (frac.length < decimals) frac = "0" + frac;
+    return group(q / scale) + (decimals ? "." + frac : "");
+  }
+  function kib(n) { return fixed(n, 1024n, 2); }
+  function mib(n) { return fixed(n, 1048576n, 3); }
+  function count(n, noun) { return group(n) + " " + noun + (BigInt(n) === 1n ? "" : "s"); }
+
+  function details(layers, batch, dtype, optimizer, mode, parts) {
+    var s = ITEMSIZE[dtype], b = group(batch), training = mode === "training";
+    var nParams = parts.parameters.length;
+    var values = sum(parts.parameters) / s;
+    var hidden = layers.slice(1, -1);
+    var state, saved;
+    if (!training) state = "none in inference: no optimizer step";
+    else if (optimizer === "sgd") state = "plain SGD keeps no state";
+    else if (optimizer === "sgd-momentum") state = "1 momentum buffer per parameter tensor: " + count(nParams, "tensor");
+    else state = "2 buffers (exp_avg, exp_avg_sq) per parameter tensor: " + count(2 * nParams, "tensor") +
+      "; the step counters are not counted";
+    var logsoftmax = "log_softmax output " + b + " × " + group(layers[layers.length - 1]) + " values";
+    if (!training) saved = "none in inference: nothing is saved for backward";
+    else if (hidden.length === 0) saved = logsoftmax + " × " + s + " bytes + a " + s + "-byte total weight";
+    else {
+      var relu = hidden.length === 1 ? "ReLU output " + b + " × " + group(hidden[0]) + " values"
+        : "ReLU outputs of " + hidden.length + " hidden layers " + b + " × " + group(sum(hidden)) + " values";
+      saved = relu + " + " + logsoftmax + ", × " + s + " bytes each, + a " + s + "-byte total weight";
+    }
+    var tensors = PARTS.reduce(function (a, p) { return a + parts[p].length; }, 0);
+    return {
+      parameters: group(values) + " values × " + s + " bytes (" + dtype + "), in " + count(nParams, "tensor"),
+      gradients: training ? "one per parameter, the same size: " + count(nParams, "tensor")
+        : "none in inference: no backward pass",
+      optimizer_state: state,
+      batch: b + " images × " + group(layers[0]) + " values × " + s + " bytes + " + b + " int64 labels × 8 bytes",
+      saved_activations: saved,
+      total: "the five parts added up",
+      total_blocks: count(tensors, "tensor") + ", each rounded up to a multiple of 512 bytes"
+    };
+  }
+
+  function describe(layers, batch, dtype, optimizer, mode) {
+    var what = mode === "training" ? "training, " + OPTIMIZERS[optimizer] : "inference";
+    return what + ", " + dtype + ", layers " + layers.join("-") + ", batch " + group(batch);
+  }
+
+  // What the page shows, as tools/memory_calc.report: {rows: {row: {bytes, text, kib, mib, detail}}, summary}.
+  function report(layers, batch, dtype, optimizer, mode) {
+    var parts = estimate(layers, batch, dtype, optimizer, mode);
+    var amounts = {}, all = [];
+    PARTS.forEach(function (p) { amounts[p] = sum(parts[p]); all = all.concat(parts[p]); });
+    amounts.total = sum(all);
+    amounts.total_blocks = sum(all.map(blocks));
+    var text = details(layers, batch, dtype, optimizer, mode, parts);
+    var rows = {};
+    ROWS.forEach(function (row) {
+      var n = amounts[row];
+      rows[row] = { bytes: n, text: group(n), kib: kib(n), mib: mib(n), detail: text[row] };
+    });
+    var said = describe(layers, batch, dtype, optimizer, mode);
+    var summary = said.charAt(0).toUpperCase() + said.slice(1) + ": total " + rows.total.text + " bytes (" +
+      rows.total.mib + " MiB); in 512-byte blocks " + rows.total_blocks.text + " bytes (" + rows.total_blocks.mib +
+      " MiB).";
+    return { rows: rows, summary: summary };
+  }
+
+  // --- The page ---------------------------------------------------------------------------------------------------
+
+  function setError(input, box, message) {
+    var hint = input.getAttribute("data-hint");
+    box.textContent = message || "";
+    box.hidden = !message;
+    if (message) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", box.id + " " + hint);
+    } else {
+      input.removeAttribute("aria-invalid");
+      input.setAttribute("aria-describedby", hint);
+    }
+  }
+
+  function init(form) {
+    if (form.getAttribute("data-ready") === "yes") return;
+    form.setAttribute("data-ready", "yes");
+    var $ = function (id) { return document.getElementById(id); };
+    var layersInput = $("calc-layers"), batchInput = $("calc-batch");
+    var dtypeSelect = $("calc-dtype"), optimizerSelect = $("calc-optimizer");
+    var status = $("calc-status"), inputs = $("calc-inputs"), table = $("calc-results");
+    var announceTimer = null;
+
+    function mode() {
+      var checked = form.querySelector("input[name='calc-mode']:checked");
+      return checked ? checked.value : "training";
+    }
+
+    // The live region speaks once typing in a text field pauses, not at every key; a choice is said at once.
+    function announce(text, now) {
+      clearTimeout(announceTimer);
+      if (now) status.textContent = text;
+      else announceTimer = setTimeout(function () { status.textContent = text; }, 400);
+    }
+
+    function update(event) {
+      var now = !event || event.type !== "input" || event.target.type !== "text";
+      var layers = null, batch = null, first = null;
+      try { layers = parseLayers(layersInput.value); setError(layersInput, $("calc-layers-error"), ""); }
+      catch (e) { setError(layersInput, $("calc-layers-error"), e.message); first = first || e.message; }
+      try { batch = parseBatch(batchInput.value); setError(batchInput, $("calc-batch-error"), ""); }
+      catch (e) { setError(batchInput, $("calc-batch-error"), e.message); first = first || e.message; }
+      var training = mode() === "training";
+      optimizerSelect.disabled = !training;
+      table.classList.toggle("calc-stale", first !== null);
+      if (first !== null) {
+        ROWS.forEach(function (row) {
+          var tr = table.querySelector("tr[data-row='" + row + "']");
+          ["bytes", "kib", "mib"].forEach(function (cell) { tr.querySelector(".calc-" + cell).textContent = "–"; });
+          tr.querySelector(".calc-detail").textContent = "";
+        });
+        inputs.textContent = "No result: fix the field marked above.";
+        announce("No result: " + first, now);
+        return;
+      }
+      var shown = report(layers, batch, dtypeSelect.value, optimizerSelect.value, mode());
+      ROWS.forEach(function (row) {
+        var tr = table.querySelector("tr[data-row='" + row + "']"), cells = shown.rows[row];
+        tr.querySelector(".calc-bytes").textContent = cells.text;
+        tr.querySelector(".calc-kib").textContent = cells.kib;
+        tr.querySelector(".calc-mib").textContent = cells.mib;
+        tr.querySelector(".calc-detail").textContent = cells.detail;
+      });
+      var said = describe(layers, batch, dtypeSelect.value, optimizerSelect.value, mode());
+      inputs.textContent = "Memory for one step: " + said;
+      announce(shown.summary, now);
+    }
+
+    form.addEventListener("submit", function (event) { event.preventDefault(); update(null); });
+    form.addEventListener("input", update);
+    form.addEventListener("change", update);
+    Array.prototype.forEach.call(form.querySelectorAll("[data-calc-preset]"), function (button) {
+      button.addEventListener("click", function () {
+        layersInput.value = button.getAttribute("data-calc-preset");
+        update(null);
+      });
+    });
+    update(null);
+  }
+
+  function start() {
+    var form = document.getElementById("calc-form");
+    if (form) init(form);
+  }
+
+  window.memoryCalc = {
+    parseLayers: parseLayers, parseBatch: parseBatch, estimate: estimate, report: report, describe: describe,
+    group: group, fixed: fixed, blocks: blocks
+  };
+  if (typeof document$ !== "undefined" && document$.subscribe) document$.subscribe(start);   // Material's page event
+  else if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
