@@ -1,30 +1,50 @@
 # %% setup
 # What batch size changes: (a) training speed (samples per second) and the peak memory
 # of a training step, from 16 to 4096;
-# (b) test accuracy after the same number of epochs with the same learning rate: bigger batches take fewer steps.
-# MNIST is preprocessed once into tensors on the device, so the timings measure training, not image decoding.
-import os, socket, sys, contextlib, io, time, math
+# (b) test accuracy after the same number of epochs with the same learning rate: bigger
+# batches take fewer steps.
+# MNIST is preprocessed once into tensors on the device, so the timings measure
+# training, not image decoding.
+import contextlib
+import io
+import math
+import os
+import socket
+import sys
+import textwrap
+import time
+
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.optim as optim
 from torchvision import datasets
-import matplotlib.pyplot as plt
 
-DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+# MNIST is read from ./data, as in the lesson, unless LESSON_DATA names another folder.
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 def load_mnist(train, transform):
-    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
-    socket.setdefaulttimeout(10)            # never hang on a dead network
+    """MNIST from DATA_ROOT, downloaded if it is not there; if that fails, one clear
+    sentence and exit 1."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    quiet = contextlib.redirect_stdout(io.StringIO())  # torchvision lists each mirror
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
-            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+        with quiet:
+            return datasets.MNIST(
+                root=DATA_ROOT, train=train, download=True, transform=transform
+            )
     except Exception as error:
-        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
-                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
-                 f"that holds MNIST/raw.")
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            "LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
 
 class MLP(nn.Module):
     def __init__(self):
@@ -33,17 +53,23 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(784, 128)
         self.relu = nn.ReLU()
         self.layer2 = nn.Linear(128, 10)
+
     def forward(self, x):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
+
 def to_device_tensors(dataset):
-    """The whole dataset as two device tensors; same values as ToTensor() + Normalize((0.1307,), (0.3081,))."""
-    images = ((dataset.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)   # (N, 1, 28, 28) float32
-    return images.to(device), dataset.targets.to(device)
+    """The whole dataset as two device tensors; the same values as ToTensor() +
+    Normalize((0.1307,), (0.3081,))."""
+    images = (dataset.data.float() / 255 - 0.1307) / 0.3081  # (N, 28, 28) float32
+    return images.unsqueeze(1).to(device), dataset.targets.to(device)  # (N, 1, 28, 28)
+
 
 train_images, train_labels = to_device_tensors(load_mnist(True, None))
 test_images, test_labels = to_device_tensors(load_mnist(False, None))
-print(f"train {tuple(train_images.shape)}, test {tuple(test_images.shape)} on {train_images.device}")
+train, test = tuple(train_images.shape), tuple(test_images.shape)
+print(f"train {train}, test {test} on {train_images.device}")
+
 
 def train_step(model, optimizer, images, labels):
     optimizer.zero_grad()
@@ -52,21 +78,29 @@ def train_step(model, optimizer, images, labels):
     optimizer.step()
     return loss
 
+
 if device.type == "cuda":
     PEAK_LABEL = "CUDA allocator peak above baseline"
-    COUNTED = ("max_memory_allocated() over two steps, minus what was allocated before "
-               "them (the dataset on the GPU, cuBLAS's workspaces)")
+    COUNTED = (
+        "max_memory_allocated() over two steps, minus what was allocated before "
+        "them (the dataset on the GPU, cuBLAS's workspaces)"
+    )
 else:
     PEAK_LABEL = "counted tensor bytes"
-    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
-               "autograd saved for backward, each storage once, after each event")
+    COUNTED = (
+        "parameters, gradients, Adam's state, batch, logits, loss, and what "
+        "autograd saved for backward, each storage once, after each event"
+    )
 
 
 def counted_bytes(tensors, saved):
     """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
     saved for backward that are not among them."""
-    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
-             for t in tensors if t is not None}
+    sizes = {
+        t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+        for t in tensors
+        if t is not None
+    }
     sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
     return sum(sizes.values())
 
@@ -87,7 +121,7 @@ def training_step_peak(batches, baseline=None):
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     images = labels = output = loss = None
-    saved, counts = {}, []                  # saved: storage address -> bytes
+    saved, counts = {}, []  # saved: storage address -> bytes
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
@@ -96,10 +130,21 @@ def training_step_peak(batches, baseline=None):
     def count(event):
         if device.type == "cpu":
             params = list(model.parameters())
-            state = [v for s in optimizer.state.values() for v in s.values()
-                     if torch.is_tensor(v)]
-            tensors = [*params, *(p.grad for p in params), *state,
-                       images, labels, output, loss]
+            state = [
+                v
+                for s in optimizer.state.values()
+                for v in s.values()
+                if torch.is_tensor(v)
+            ]
+            tensors = [
+                *params,
+                *(p.grad for p in params),
+                *state,
+                images,
+                labels,
+                output,
+                loss,
+            ]
             counts.append((counted_bytes(tensors, saved), event))
 
     for step, (images, labels) in enumerate(batches, start=1):
@@ -108,22 +153,24 @@ def training_step_peak(batches, baseline=None):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = model(images)
             loss = nn.functional.cross_entropy(output, labels)
-        count(f"{step}: forward")          # with the loss
+        count(f"{step}: forward")  # with the loss
         loss.backward()
-        saved.clear()                       # backward frees what autograd saved
+        saved.clear()  # backward frees what autograd saved
         count(f"{step}: backward")
         optimizer.step()
         count(f"{step}: optimizer step")
-        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
     if device.type == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline, None
     return max(counts, key=lambda c: c[0])  # the first event with the most bytes
 
+
 # %% throughput
 BATCH_SIZES = [2**k for k in range(4, 13)]  # 16 ... 4096
-TIMED_SAMPLES = 8192                        # per batch size, and at least 4 steps
+TIMED_SAMPLES = 8192  # per batch size, and at least 4 steps
+
 
 def samples_per_second(batch_size):
     """Samples per second over the timed steps, and how many steps were timed."""
@@ -132,8 +179,8 @@ def samples_per_second(batch_size):
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(len(train_labels)).to(device)
     steps = 2 + max(4, TIMED_SAMPLES // batch_size)
-    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
-    for idx in batches[:2]:                 # warm-up: the first steps allocate the Adam state
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+    for idx in batches[:2]:  # warm-up: the first steps allocate the Adam state
         train_step(model, optimizer, train_images[idx], train_labels[idx])
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -141,7 +188,7 @@ def samples_per_second(batch_size):
     for idx in batches[2:]:
         train_step(model, optimizer, train_images[idx], train_labels[idx])
     if device.type == "cuda":
-        torch.cuda.synchronize()            # wait for the GPU before reading the clock
+        torch.cuda.synchronize()  # wait for the GPU before reading the clock
     seconds = time.perf_counter() - start
     return (len(batches) - 2) * batch_size / seconds, len(batches) - 2
 
@@ -149,77 +196,92 @@ def samples_per_second(batch_size):
 def first_batches(batch_size):
     """The first two training batches of this size, in host memory as a DataLoader
     gives them: the peak counts moving them to the device."""
-    return [(train_images[i * batch_size:(i + 1) * batch_size].cpu().clone(),
-             train_labels[i * batch_size:(i + 1) * batch_size].cpu().clone())
-            for i in range(2)]
+    return [
+        (
+            train_images[i * batch_size : (i + 1) * batch_size].cpu().clone(),
+            train_labels[i * batch_size : (i + 1) * batch_size].cpu().clone(),
+        )
+        for i in range(2)
+    ]
 
 
-samples_per_second(BATCH_SIZES[0])          # discarded: first-call set-up (cuBLAS...)
-print(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
-print(f"{'batch':>6} {'steps timed':>11} {'samples/s':>12} {'peak bytes':>13} {'MiB':>8}")
+samples_per_second(BATCH_SIZES[0])  # discarded: first-call set-up (cuBLAS...)
+print(textwrap.fill(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}", 88))
+print(
+    f"{'batch':>6} {'steps timed':>11} {'samples/s':>12} {'peak bytes':>13} {'MiB':>8}"
+)
 speed = {}
 for batch_size in BATCH_SIZES:
     per_second, steps = samples_per_second(batch_size)
     peak, event = training_step_peak(first_batches(batch_size))
     speed[batch_size] = (per_second, peak)
-    print(f"{batch_size:>6} {steps:>11} {per_second:>12,.0f} {peak:>13,} "
-          f"{peak / 2**20:>8.2f}" + (f"   peak at '{event}'" if event else ""))
+    where = f"   peak at '{event}'" if event else ""
+    sizes = f"{peak:>13,} {peak / 2**20:>8.2f}"
+    print(f"{batch_size:>6} {steps:>11} {per_second:>12,.0f} {sizes}{where}")
 fastest = max(speed, key=lambda b: speed[b][0])
-print(f"Batch {fastest} trains {speed[fastest][0] / speed[16][0]:.1f}x as many samples "
-      f"per second as batch 16.")
+times = speed[fastest][0] / speed[16][0]
+print(f"Batch {fastest} trains {times:.1f}x as many samples per second as batch 16.")
 
 # %% accuracy
 EPOCHS = 2
 ACCURACY_BATCH_SIZES = [16, 64, 256, 1024, 4096]
 
+
 def train_and_test(batch_size):
     torch.manual_seed(0)
     model = MLP().to(device)
-    optimizer = optim.Adam(model.parameters(), lr=1e-3)   # the same learning rate for every batch size
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)  # the same for every size
     shuffle = torch.Generator().manual_seed(0)
     steps = 0
-    for epoch in range(EPOCHS):
+    for _ in range(EPOCHS):
         order = torch.randperm(len(train_labels), generator=shuffle).to(device)
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             train_step(model, optimizer, train_images[idx], train_labels[idx])
             steps += 1
     model.eval()
     with torch.no_grad():
-        accuracy = (model(test_images).argmax(dim=1) == test_labels).float().mean().item()
-    return accuracy, steps
+        right = model(test_images).argmax(dim=1) == test_labels
+    return right.float().mean().item(), steps
+
 
 print(f"Adam lr 1e-3, {EPOCHS} epochs each")
 print(f"{'batch':>6} {'steps/epoch':>11} {'total steps':>11} {'test accuracy':>14}")
 accuracy = {}
 for batch_size in ACCURACY_BATCH_SIZES:
     accuracy[batch_size], steps = train_and_test(batch_size)
-    print(f"{batch_size:>6} {math.ceil(len(train_labels) / batch_size):>11} {steps:>11} "
-          f"{accuracy[batch_size]:>14.2%}")
+    per_epoch = math.ceil(len(train_labels) / batch_size)
+    print(f"{batch_size:>6} {per_epoch:>11} {steps:>11} {accuracy[batch_size]:>14.2%}")
 best = max(accuracy, key=accuracy.get)
 larger = [b for b in ACCURACY_BATCH_SIZES if b >= best]
 print(f"Best after {EPOCHS} epochs: batch {best} ({accuracy[best]:.2%}).")
 if all(accuracy[a] > accuracy[b] for a, b in zip(larger, larger[1:])):
-    print(f"Above it every bigger batch ends lower, down to {accuracy[larger[-1]]:.2%} at batch {larger[-1]}: "
-          f"same epochs and learning rate, but far fewer updates.")
+    lowest = f"{accuracy[larger[-1]]:.2%} at batch {larger[-1]}"
+    print(f"Above it every bigger batch ends lower, down to {lowest}:")
+    print("same epochs and learning rate, but far fewer updates.")
 if best > ACCURACY_BATCH_SIZES[0]:
     print("Smaller batches make more updates, but each one follows a noisier gradient.")
 
 # %% chart
-fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+# Three panels, one above the other, so that a phone shows them at a readable size.
+plt.rcParams["font.size"] = 10
+fig, axes = plt.subplots(3, 1, figsize=(7, 9), layout="constrained")
 axes[0].plot(BATCH_SIZES, [speed[b][0] for b in BATCH_SIZES], "o-")
 axes[0].set_ylabel("training samples per second")
+axes[0].yaxis.set_major_formatter("{x:,.0f}")
 axes[0].set_title("Throughput")
-axes[1].plot(BATCH_SIZES, [speed[b][1] / 2**20 for b in BATCH_SIZES], "o-", color="darkorange")
+peaks = [speed[b][1] / 2**20 for b in BATCH_SIZES]
+axes[1].plot(BATCH_SIZES, peaks, "o-", color="darkorange")
 axes[1].set_ylabel("peak memory (MiB)")
 axes[1].set_title("Peak memory of a training step")
-axes[2].plot(ACCURACY_BATCH_SIZES, [100 * accuracy[b] for b in ACCURACY_BATCH_SIZES], "o-", color="green")
+accuracies = [100 * accuracy[b] for b in ACCURACY_BATCH_SIZES]
+axes[2].plot(ACCURACY_BATCH_SIZES, accuracies, "o-", color="green")
 axes[2].set_ylabel("test accuracy (%)")
 axes[2].set_title(f"Test accuracy after {EPOCHS} epochs")
 for ax in axes:
     ax.set_xscale("log", base=2)
-    ax.set_xticks(BATCH_SIZES[::2], [str(b) for b in BATCH_SIZES[::2]])
+    ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
     ax.set_xlabel("batch size (log scale)")
+    ax.grid(True, alpha=0.3)
 fig.suptitle(f"Batch size on {device.type.upper()}: MNIST MLP, Adam lr 1e-3")
-plt.tight_layout()
 plt.show()

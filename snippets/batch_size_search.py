@@ -13,16 +13,25 @@
 # CPU, which has no such limit: tensor bytes counted after each event, and a trial whose
 # count is over the budget counts as failed.
 import gc
+import textwrap
 from typing import NamedTuple
+
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.optim as optim
-import matplotlib.pyplot as plt
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}"
-      + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
+
+def say(text, first="", rest=None):
+    """Print a long sentence wrapped at 88 columns, its lines indented."""
+    print(
+        textwrap.fill(text, 88, initial_indent=first, subsequent_indent=rest or first)
+    )
 
 
 class MLP(nn.Module):
@@ -38,11 +47,12 @@ class MLP(nn.Module):
 
 
 MiB = 2**20
-BUDGET_BYTES = 128 * MiB                    # the pretend "GPU memory"
-START, CAP = 16, 65536                      # the first size tried; never beyond CAP
+BUDGET_BYTES = 128 * MiB  # the pretend "GPU memory"
+START, CAP = 16, 65536  # the first size tried; never beyond CAP
 print(f"Memory budget: {BUDGET_BYTES:,} bytes = {BUDGET_BYTES / MiB:.0f} MiB")
-print("The lesson: grow the batch step by step until out of memory or results get "
-      "worse.")
+print(
+    "The lesson: grow the batch step by step until out of memory or results get worse."
+)
 print(f"Our refinement: double from {START} (up to a cap of {CAP:,}), then bisect.")
 
 # %% trial
@@ -52,15 +62,20 @@ if device.type == "cuda":
     COUNTED = "max_memory_allocated() over the two steps, minus the baseline below"
 else:
     PEAK_LABEL = "counted tensor bytes"
-    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
-               "autograd saved for backward, each storage once, after each event")
+    COUNTED = (
+        "parameters, gradients, Adam's state, batch, logits, loss, and what "
+        "autograd saved for backward, each storage once, after each event"
+    )
 
 
 def counted_bytes(tensors, saved):
     """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
     saved for backward that are not among them."""
-    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
-             for t in tensors if t is not None}
+    sizes = {
+        t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+        for t in tensors
+        if t is not None
+    }
     sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
     return sum(sizes.values())
 
@@ -81,7 +96,7 @@ def training_step_peak(batches, baseline=None):
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     images = labels = output = loss = None
-    saved, counts = {}, []                  # saved: storage address -> bytes
+    saved, counts = {}, []  # saved: storage address -> bytes
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
@@ -90,10 +105,21 @@ def training_step_peak(batches, baseline=None):
     def count(event):
         if device.type == "cpu":
             params = list(model.parameters())
-            state = [v for s in optimizer.state.values() for v in s.values()
-                     if torch.is_tensor(v)]
-            tensors = [*params, *(p.grad for p in params), *state,
-                       images, labels, output, loss]
+            state = [
+                v
+                for s in optimizer.state.values()
+                for v in s.values()
+                if torch.is_tensor(v)
+            ]
+            tensors = [
+                *params,
+                *(p.grad for p in params),
+                *state,
+                images,
+                labels,
+                output,
+                loss,
+            ]
             counts.append((counted_bytes(tensors, saved), event))
 
     for step, (images, labels) in enumerate(batches, start=1):
@@ -102,13 +128,13 @@ def training_step_peak(batches, baseline=None):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = model(images)
             loss = criterion(output, labels)
-        count(f"{step}: forward")          # with the loss
+        count(f"{step}: forward")  # with the loss
         loss.backward()
-        saved.clear()                       # backward frees what autograd saved
+        saved.clear()  # backward frees what autograd saved
         count(f"{step}: backward")
         optimizer.step()
         count(f"{step}: optimizer step")
-        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -133,22 +159,29 @@ if device.type == "cuda":
     baseline = torch.cuda.memory_allocated()
     blocks = torch.cuda.memory_stats().get("allocated.all.current", "?")
     reserved = torch.cuda.memory_reserved()
-    print(f"CUDA baseline after a warm-up trial at batch {START}: {baseline:,} bytes "
-          f"allocated in {blocks} blocks (memory_reserved {reserved:,})")
-    print("  that is the cuBLAS workspace and anything else already allocated: counted "
-          "once, here, not inside each trial")
+    say(
+        f"CUDA baseline after a warm-up trial at batch {START}: {baseline:,} bytes "
+        f"allocated in {blocks} blocks (memory_reserved {reserved:,})"
+    )
+    say(
+        "that is the cuBLAS workspace and anything else already allocated: counted "
+        "once, here, not inside each trial",
+        "  ",
+    )
 else:
     baseline = 0
-    print("CPU: no real out-of-memory here; a trial whose counted peak is over the "
-          "budget counts as failed")
-print(f"Each trial: peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
+    say(
+        "CPU: no real out-of-memory here; a trial whose counted peak is over the "
+        "budget counts as failed"
+    )
+say(f"Each trial: peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
 
 
 class Trial(NamedTuple):
     batch: int
     fits: bool
-    peak: int | None                        # None: out of memory before a reading
-    event: str | None                       # CPU: the event of the peak
+    peak: int | None  # None: out of memory before a reading
+    event: str | None  # CPU: the event of the peak
     why: str
 
 
@@ -166,13 +199,13 @@ def trial(batch_size, budget_bytes):
     gc.collect()
     at = f"; peak at '{event}'" if event else ""
     if device.type == "cuda" and torch.cuda.memory_allocated() != baseline:
-        left = torch.cuda.memory_allocated() - baseline     # should not happen: say so
+        left = torch.cuda.memory_allocated() - baseline  # should not happen: say so
         at += f"; {left:+,} bytes still allocated after the trial"
     if peak is None:
         why = "OUT OF MEMORY (torch.cuda.OutOfMemoryError)"
         return Trial(batch_size, False, None, None, why)
     if peak > budget_bytes:
-        how = "CPU: counted bytes, no real OOM" if device.type == "cpu" else "measured"
+        how = "counted, no real OOM" if device.type == "cpu" else "measured"
         return Trial(batch_size, False, peak, event, f"over budget ({how}){at}")
     return Trial(batch_size, True, peak, event, f"fits{at}")
 
@@ -183,9 +216,9 @@ class SearchResult(NamedTuple):
     start: int
     cap: int
     trials: list
-    largest: int | None                     # the largest batch that fitted
-    first_failing: int | None               # the smallest batch that failed
-    outcome: str                            # one of the four below
+    largest: int | None  # the largest batch that fitted
+    first_failing: int | None  # the smallest batch that failed
+    outcome: str  # one of the four below
     message: str
 
 
@@ -194,10 +227,11 @@ def search(budget_bytes, start=START, cap=CAP):
     bisect between the largest size that fitted and the first that failed."""
     if cap < start:
         raise ValueError(f"cap {cap} is below the start size {start}")
-    if device.type == "cuda":               # a real limit: baseline + budget, then OOM
-        total = torch.cuda.mem_get_info()[1]    # the limit is a fraction of this
+    if device.type == "cuda":  # a real limit: baseline + budget, then OOM
+        total = torch.cuda.mem_get_info()[1]  # the limit is a fraction of this
         torch.cuda.set_per_process_memory_fraction(
-            min(1.0, (baseline + budget_bytes) / total))
+            min(1.0, (baseline + budget_bytes) / total)
+        )
     trials = []
 
     def fits(batch_size):
@@ -206,7 +240,7 @@ def search(budget_bytes, start=START, cap=CAP):
 
     try:
         good, bad, size = None, None, start
-        while size <= cap:                  # phase 1: double
+        while size <= cap:  # phase 1: double
             if not fits(size):
                 bad = size
                 break
@@ -221,27 +255,35 @@ def search(budget_bytes, start=START, cap=CAP):
                     bad = middle
     finally:
         if device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0)   # later cells: no limit
+            torch.cuda.set_per_process_memory_fraction(1.0)  # later cells: no limit
     if good is None:
         outcome = "nothing fits"
         first = trials[0]
         message = f"not even the start size, {start:,}, fits: " + (
-            "it ran out of memory" if first.peak is None else
-            f"its peak, {first.peak:,} bytes, is over the budget")
+            "it ran out of memory"
+            if first.peak is None
+            else f"its peak, {first.peak:,} bytes, is over the budget"
+        )
     elif bad is None:
         outcome = "reached the cap"
-        message = (f"every size tried fits, up to {good:,}; the next doubling would "
-                   f"pass the cap of {cap:,}, so the largest batch that fits may be "
-                   f"bigger")
+        message = (
+            f"every size tried fits, up to {good:,}; the next doubling would "
+            f"pass the cap of {cap:,}, so the largest batch that fits may be "
+            f"bigger"
+        )
     elif good == start:
         outcome = "only the start size fits"
-        message = (f"{start:,} fits, {bad:,} does not; no size between them is tried "
-                   f"(resolution {resolution:,} samples)")
+        message = (
+            f"{start:,} fits, {bad:,} does not; no size between them is tried "
+            f"(resolution {resolution:,} samples)"
+        )
     else:
         outcome = "found the largest batch"
-        message = (f"{good:,} fits, {bad:,} does not (resolution {resolution:,} "
-                   f"samples: 1/64 of the last size the doubling fitted, at least "
-                   f"{start})")
+        message = (
+            f"{good:,} fits, {bad:,} does not (resolution {resolution:,} "
+            f"samples: 1/64 of the last size the doubling fitted, at least "
+            f"{start})"
+        )
     return SearchResult(budget_bytes, start, cap, trials, good, bad, outcome, message)
 
 
@@ -251,7 +293,7 @@ def fitted_line(result):
     fitted = sorted((t.batch, t.peak) for t in result.trials if t.fits)
     if len(fitted) < 2:
         return None
-    (b0, m0), (b1, m1) = fitted[-2:]        # two different sizes: no trial is repeated
+    (b0, m0), (b1, m1) = fitted[-2:]  # two different sizes: no trial is repeated
     per_sample = (m1 - m0) / (b1 - b0)
     return per_sample, m1 - per_sample * b1, (b0, b1)
 
@@ -263,32 +305,44 @@ def line_text(result):
             return "only one trial fits: no line can be fitted from one point"
         return "no trial fits: no line to fit"
     per_sample, fixed, (b0, b1) = line
-    return (f"line through the peaks at {b0:,} and {b1:,}: {per_sample:,.1f} bytes per "
-            f"sample + {fixed:,.0f} bytes fixed")
+    return (
+        f"line through the peaks at {b0:,} and {b1:,}: {per_sample:,.1f} bytes per "
+        f"sample + {fixed:,.0f} bytes fixed"
+    )
 
 
 result = search(BUDGET_BYTES)
-print(f"{'trial':>5} {'batch':>7} {'peak bytes':>13}   (peak memory of a training "
-      f"step, {PEAK_LABEL})")
+print(
+    f"{'trial':>5} {'batch':>7} {'peak bytes':>13}   (peak memory of a training "
+    f"step, {PEAK_LABEL})"
+)
 for number, t in enumerate(result.trials, start=1):
     shown = "?" if t.peak is None else f"{t.peak:,}"
     print(f"{number:>5} {t.batch:>7,} {shown:>13}   {t.why}")
-print(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
-print(f"Fixed + per-sample model, fitted to the two largest fitting trials: "
-      f"{line_text(result)}")
+say(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
+say(
+    "Fixed + per-sample model, fitted to the two largest fitting trials: "
+    f"{line_text(result)}"
+)
 line = fitted_line(result)
 if line is not None and device.type == "cpu":
     params = sum(p.numel() * p.element_size() for p in MLP().parameters())
-    print(f"  CPU: of the fixed part, {params:,} bytes are the parameters and "
-          f"{2 * params:,} Adam's two moment buffers; {line[1] - 3 * params:,.0f} "
-          f"bytes are small scalars (Adam's step counters, the loss, its total weight)")
+    say(
+        f"CPU: of the fixed part, {params:,} bytes are the parameters and "
+        f"{2 * params:,} Adam's two moment buffers; {line[1] - 3 * params:,.0f} "
+        "bytes are small scalars (Adam's step counters, the loss, its total weight)",
+        "  ",
+    )
     event = next(t.event for t in result.trials if t.batch == line[2][1])
     same = [t.batch for t in result.trials if t.fits and t.event == event]
     other = {t.event for t in result.trials if t.fits and t.batch < min(same)}
-    print(f"  Both peaks are at '{event}'. The line holds where the peak is at that "
-          f"event: in these trials from batch {min(same):,} up"
-          + ("; smaller batches peak at " + ", ".join(f"'{e}'" for e in sorted(other))
-             if other else ""))
+    smaller = ", ".join(f"'{e}'" for e in sorted(other))
+    say(
+        f"Both peaks are at '{event}'. The line holds where the peak is at that "
+        f"event: in these trials from batch {min(same):,} up"
+        + (f"; smaller batches peak at {smaller}" if other else ""),
+        "  ",
+    )
 
 # %% small-budgets
 # The search must end cleanly, and say why, whatever the budget. Three tiny budgets,
@@ -296,51 +350,64 @@ if line is not None and device.type == "cpu":
 peak_start = training_step_peak(random_batches(START), baseline)[0]
 peak_next = training_step_peak(random_batches(2 * START), baseline)[0]
 gc.collect()
-print(f"Peak memory of a training step ({PEAK_LABEL}): batch {START}: {peak_start:,} "
-      f"bytes; batch {2 * START}: {peak_next:,} bytes")
+peaks = f"batch {START}: {peak_start:,} bytes; batch {2 * START}: {peak_next:,} bytes"
+print(f"Peak memory of a training step ({PEAK_LABEL}):\n  {peaks}")
 print("Three budgets made from them, one search each:")
-cases = [(f"half the peak at batch {START}", peak_start // 2, CAP),
-         (f"between the peaks at {START} and {2 * START}",
-          (peak_start + peak_next) // 2, CAP),
-         (f"the {BUDGET_BYTES / MiB:.0f} MiB budget with a small cap", BUDGET_BYTES,
-          16 * START)]
+cases = [
+    (f"half the peak at batch {START}", peak_start // 2, CAP),
+    (
+        f"between the peaks at {START} and {2 * START}",
+        (peak_start + peak_next) // 2,
+        CAP,
+    ),
+    (
+        f"the {BUDGET_BYTES / MiB:.0f} MiB budget with a small cap",
+        BUDGET_BYTES,
+        16 * START,
+    ),
+]
 for label, budget, cap in cases:
     small = search(budget, START, cap)
-    print(f"budget {budget:,} bytes ({label}), cap {cap:,}: {len(small.trials)} "
-          f"trial{'' if len(small.trials) == 1 else 's'} -> {small.outcome.upper()}: "
-          f"{small.message}; {line_text(small)}")
+    trials = f"{len(small.trials)} trial{'' if len(small.trials) == 1 else 's'}"
+    print(f"budget {budget:,} bytes ({label}), cap {cap:,}: {trials}")
+    outcome = f"-> {small.outcome.upper()}: {small.message}; {line_text(small)}"
+    say(outcome, "   ", "      ")
 
 # %% chart
-fig, ax = plt.subplots(figsize=(7, 4))
+plt.rcParams["font.size"] = 10
+fig, ax = plt.subplots(figsize=(7, 5.4), layout="constrained")
 ok = sorted((t.batch, t.peak / MiB) for t in result.trials if t.fits)
-over = [(t.batch, t.peak / MiB) for t in result.trials
-        if not t.fits and t.peak is not None]
+over = [(t.batch, t.peak / MiB) for t in result.trials if not t.fits and t.peak]
 oom = [t.batch for t in result.trials if t.peak is None]
 if ok:
     ax.plot(*zip(*ok), "o-", label="fits")
 if over:
-    ax.plot(*zip(*over), "x", color="red", markersize=9, label="over budget (measured)")
+    how = "measured" if device.type == "cuda" else "counted"
+    ax.plot(*zip(*over), "x", color="red", markersize=9, label=f"over budget ({how})")
 if oom:
-    ax.plot(oom, [BUDGET_BYTES / MiB] * len(oom), "v", color="red", markersize=8,
-            label="out of memory (no reading; drawn at the budget)")
+    at_budget = [BUDGET_BYTES / MiB] * len(oom)
+    label = "out of memory (no reading; drawn at the budget)"
+    ax.plot(oom, at_budget, "v", color="red", markersize=8, label=label)
 line = fitted_line(result)
 if line is not None:
     per_sample, fixed, (b0, b1) = line
     xs = [result.start * (b1 / result.start) ** (k / 50) for k in range(51)]  # a curve
-    ax.plot(xs, [(fixed + per_sample * x) / MiB for x in xs], ":", color="grey",
-            label=f"fitted line (through {b0:,} and {b1:,})")
-ax.axhline(BUDGET_BYTES / MiB, color="grey", linestyle="--",
-           label=f"budget {BUDGET_BYTES / MiB:.0f} MiB")
+    ys = [(fixed + per_sample * x) / MiB for x in xs]
+    label = f"fitted line (through {b0:,} and {b1:,})"
+    ax.plot(xs, ys, ":", color="grey", lw=2, label=label)
+budget_label = f"budget {BUDGET_BYTES / MiB:.0f} MiB"
+ax.axhline(BUDGET_BYTES / MiB, color="grey", linestyle="--", label=budget_label)
 sizes = [t.batch for t in result.trials] or [result.start]
 low, high = min(sizes).bit_length() - 1, max(sizes).bit_length()
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ticks = [2**k for k in range(low, high + 1, 2)]
-ax.set_xticks(ticks, [f"{tick:,}" for tick in ticks])
+ax.set_xticks(ticks, [f"{tick:,}" for tick in ticks], rotation=45, ha="right")
 ax.set_xlabel("batch size (samples, log scale)")
-ax.set_ylabel("peak memory of a training step (MiB, log scale)")
-ax.set_title(f"Batch-size search on {device.type.upper()}: two Adam steps of the MNIST "
-             "MLP" + ("" if device.type == "cuda" else "\n(CPU: counted tensor bytes)"))
-ax.legend(fontsize=8)
-plt.tight_layout()
+ax.set_ylabel("peak memory of a training step\n(MiB, log scale)")
+ax.set_title(
+    f"Batch-size search on {device.type.upper()}: two Adam steps of the MNIST MLP"
+    + ("" if device.type == "cuda" else "\n(CPU: counted tensor bytes)")
+)
+fig.legend(loc="outside lower center", ncols=2)
 plt.show()

@@ -6,30 +6,48 @@
 # the allocator's reading, max_memory_allocated above what was allocated before; on the
 # CPU, which has no allocator counter: tensor bytes counted after each event.
 # Bytes are exact; MiB are 1024-based, MB 10^6 bytes.
-import os, socket, sys, contextlib, io, re, gc
+import contextlib
+import gc
+import io
+import os
+import re
+import socket
+import sys
+import textwrap
+
 import torch
 import torch.nn as nn
 import torch.optim as optim
+import torchinfo
+import torchsummary
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
-import torchsummary
-import torchinfo
 
-DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+# MNIST is read from ./data, as in the lesson, unless LESSON_DATA names another folder.
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 def load_mnist(train, transform):
-    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
-    socket.setdefaulttimeout(10)            # never hang on a dead network
+    """MNIST from DATA_ROOT, downloaded if it is not there; if that fails, one clear
+    sentence and exit 1."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    quiet = contextlib.redirect_stdout(io.StringIO())  # torchvision lists each mirror
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
-            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+        with quiet:
+            return datasets.MNIST(
+                root=DATA_ROOT, train=train, download=True, transform=transform
+            )
     except Exception as error:
-        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
-                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
-                 f"that holds MNIST/raw.")
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            "LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
 
 class MLP(nn.Module):
     def __init__(self):
@@ -38,75 +56,116 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(784, 128)
         self.relu = nn.ReLU()
         self.layer2 = nn.Linear(128, 10)
+
     def forward(self, x):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
+
 def nbytes(tensors):
-    """Exact bytes of some tensors on `device` (Adam's step counters stay on the CPU for a CUDA model)."""
-    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == device.type)
+    """Exact bytes of some tensors on `device` (Adam's step counters stay on the CPU
+    for a CUDA model)."""
+    on_device = [t for t in tensors if t.device.type == device.type]
+    return sum(t.numel() * t.element_size() for t in on_device)
+
+
+def say(text, first="", rest=None):
+    """Print a long sentence wrapped at 88 columns, its lines indented."""
+    print(
+        textwrap.fill(text, 88, initial_indent=first, subsequent_indent=rest or first)
+    )
+
 
 MiB, MB = 2**20, 10**6
 BATCHES = (64, 1024)
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+normalize = transforms.Normalize((0.1307,), (0.3081,))
+transform = transforms.Compose([transforms.ToTensor(), normalize])
 train_dataset = load_mnist(True, transform)
 first_images = DataLoader(train_dataset, batch_size=2 * max(BATCHES), shuffle=False)
-mnist_images, mnist_labels = next(iter(first_images))   # two batches of the largest
+mnist_images, mnist_labels = next(iter(first_images))  # two batches of the largest
 criterion = nn.CrossEntropyLoss()
-model = MLP().to(device)                    # the model both estimators look at
+model = MLP().to(device)  # the model both estimators look at
 param_bytes = nbytes(model.parameters())
-print(f"The MLP: {sum(p.numel() for p in model.parameters()):,} parameters = {param_bytes:,} bytes (float32)")
-if device.type == "cuda":                   # warm-up: cuBLAS's workspaces are allocated once, before we measure
-    criterion(model(mnist_images[:64].to(device)), mnist_labels[:64].to(device)).backward()
+count = sum(p.numel() for p in model.parameters())
+print(f"The MLP: {count:,} parameters = {param_bytes:,} bytes (float32)")
+if (
+    device.type == "cuda"
+):  # warm-up: cuBLAS's workspaces are allocated before we measure
+    images, labels = mnist_images[:64].to(device), mnist_labels[:64].to(device)
+    criterion(model(images), labels).backward()
     model.zero_grad()
+    del images, labels
     torch.cuda.synchronize()
 
 # %% torchsummary-estimate
-LINE = re.compile(r"^(Input size|Forward/backward pass size|Params size|Estimated Total Size) \(MB\): ([0-9.]+)$",
-                  re.M)
+SIZES = "Input size|Forward/backward pass size|Params size|Estimated Total Size"
+LINE = re.compile(rf"^({SIZES}) \(MB\): ([0-9.]+)$", re.M)
+
 
 def torchsummary_estimate(batch_size):
-    """torchsummary's four size lines, as printed (its "MB" is MiB), captured from its print-out."""
+    """torchsummary's four size lines, as printed (its "MB" is MiB), captured from its
+    print-out."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        torchsummary.summary(model, input_size=(1, 28, 28), batch_size=batch_size, device=device.type)
-    return dict((name, float(value)) for name, value in LINE.findall(printed.getvalue()))
+        torchsummary.summary(model, (1, 28, 28), batch_size, device=device.type)
+    return {name: float(value) for name, value in LINE.findall(printed.getvalue())}
+
 
 def torchsummary_formula(batch_size):
-    """The same estimate in exact bytes, by torchsummary's own rule: 4 bytes a number; input, 2 x the output of
-    every module it hooks (all but the model itself), parameters once."""
+    """The same estimate in exact bytes, by torchsummary's own rule: 4 bytes a number;
+    input, 2 x the output of every module it hooks (all but the model itself),
+    parameters once."""
     outputs = []
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel()))
-             for m in model.modules() if m is not model]
+    modules = [m for m in model.modules() if m is not model]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.numel()))
+        for m in modules
+    ]
     with torch.no_grad():
         model(torch.zeros(batch_size, 1, 28, 28, device=device))
     for hook in hooks:
         hook.remove()
-    return batch_size * 784 * 4, 2 * sum(outputs) * 4, sum(p.numel() for p in model.parameters()) * 4
+    params = sum(p.numel() for p in model.parameters())
+    return batch_size * 784 * 4, 2 * sum(outputs) * 4, params * 4
+
 
 summary_bytes, summary_outputs = {}, {}
 for batch_size in BATCHES:
     lines = torchsummary_estimate(batch_size)
     data, summary_outputs[batch_size], params = torchsummary_formula(batch_size)
     exact = summary_bytes[batch_size] = data + summary_outputs[batch_size] + params
-    print(f"torchsummary, batch {batch_size}: " + "; ".join(f"{k} (MB): {v:.2f}" for k, v in lines.items()))
+    print(f"torchsummary, batch {batch_size}:")
+    for name, value in lines.items():
+        print(f"  {name} (MB): {value:.2f}")
     total = lines["Estimated Total Size"]
-    print(f"  its 'MB' is MiB: {total:.2f} MiB = {round(total * MiB):,} bytes (+/- {round(MiB * 0.005):,}: it "
-          f"prints 2 decimals); by its formula exactly: {exact:,} bytes = {exact / MiB:.4f} MiB")
+    rounding = round(MiB * 0.005)
+    print(f"  its 'MB' is MiB: {total:.2f} MiB = {round(total * MiB):,} bytes", end="")
+    print(f" (+/- {rounding:,}: it prints 2 decimals);")
+    print(f"  by its formula exactly: {exact:,} bytes = {exact / MiB:.4f} MiB")
 
 # %% torchinfo-estimate
 info_bytes, info_outputs = {}, {}
 for batch_size in BATCHES:
-    stats = torchinfo.summary(model, input_size=(batch_size, 1, 28, 28), device=device, verbose=0)
-    line = next(l for l in str(stats).splitlines() if l.startswith("Estimated Total Size"))
+    shape = (batch_size, 1, 28, 28)
+    stats = torchinfo.summary(model, input_size=shape, device=device, verbose=0)
+    table = str(stats).splitlines()
+    line = next(row for row in table if row.startswith("Estimated Total Size"))
     total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
     info_bytes[batch_size], info_outputs[batch_size] = total, stats.total_output_bytes
     data = batch_size * 784 * 4
-    print(f"torchinfo, batch {batch_size}: {line}  (its MB is 10^6 bytes: {total / MB:.6f} MB = {total:,} bytes)")
-    print(f"  total_input {stats.total_input:,} (the input's {data:,} data bytes + {stats.total_input - data} bytes "
-          f"of Python object: sys.getsizeof of its storage) + total_output_bytes {stats.total_output_bytes:,} + "
-          f"total_param_bytes {stats.total_param_bytes:,}")
-print(f"torchinfo's total_output_bytes at batch 64 = 2 x (64 x 128 + 64 x 10) x 4 = {2 * (64 * 128 + 64 * 10) * 4:,}: "
-      f"only the outputs of layers that have parameters (the two Linear layers), doubled")
+    header = stats.total_input - data
+    print(f"torchinfo, batch {batch_size}: {line}")
+    print(f"  its MB is 10^6 bytes: {total / MB:.6f} MB = {total:,} bytes")
+    inputs = f"total_input {stats.total_input:,}"
+    print(f"  = {inputs} (the input's {data:,} data bytes + {header} bytes of a Python")
+    print("    object: sys.getsizeof of its storage)")
+    print(f"    + total_output_bytes {stats.total_output_bytes:,}")
+    print(f"    + total_param_bytes {stats.total_param_bytes:,}")
+doubled = 2 * (64 * 128 + 64 * 10) * 4
+formula = "2 x (64 x 128 + 64 x 10) x 4"
+print(f"torchinfo's total_output_bytes at batch 64 = {formula} = {doubled:,}:")
+print(
+    "only the outputs of layers that have parameters (the two Linear layers), doubled"
+)
 
 # %% measured
 # The measured figure is the peak memory of a training step, the same quantity that
@@ -114,19 +173,26 @@ print(f"torchinfo's total_output_bytes at batch 64 = 2 x (64 x 128 + 64 x 10) x 
 # from a fresh model, here on the first two MNIST batches of each size.
 if device.type == "cuda":
     PEAK_LABEL = "CUDA allocator peak above baseline"
-    COUNTED = ("max_memory_allocated() over the two steps, minus what was allocated "
-               "before them (the model the estimators looked at, cuBLAS's workspaces)")
+    COUNTED = (
+        "max_memory_allocated() over the two steps, minus what was allocated "
+        "before them (the model the estimators looked at, cuBLAS's workspaces)"
+    )
 else:
     PEAK_LABEL = "counted tensor bytes"
-    COUNTED = ("parameters, gradients, Adam's state, batch, logits, loss, and what "
-               "autograd saved for backward, each storage once, after each event")
+    COUNTED = (
+        "parameters, gradients, Adam's state, batch, logits, loss, and what "
+        "autograd saved for backward, each storage once, after each event"
+    )
 
 
 def counted_bytes(tensors, saved):
     """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
     saved for backward that are not among them."""
-    sizes = {t.untyped_storage().data_ptr(): t.numel() * t.element_size()
-             for t in tensors if t is not None}
+    sizes = {
+        t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+        for t in tensors
+        if t is not None
+    }
     sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
     return sum(sizes.values())
 
@@ -147,7 +213,7 @@ def training_step_peak(batches, baseline=None):
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     images = labels = output = loss = None
-    saved, counts = {}, []                  # saved: storage address -> bytes
+    saved, counts = {}, []  # saved: storage address -> bytes
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
@@ -156,10 +222,21 @@ def training_step_peak(batches, baseline=None):
     def count(event):
         if device.type == "cpu":
             params = list(model.parameters())
-            state = [v for s in optimizer.state.values() for v in s.values()
-                     if torch.is_tensor(v)]
-            tensors = [*params, *(p.grad for p in params), *state,
-                       images, labels, output, loss]
+            state = [
+                v
+                for s in optimizer.state.values()
+                for v in s.values()
+                if torch.is_tensor(v)
+            ]
+            tensors = [
+                *params,
+                *(p.grad for p in params),
+                *state,
+                images,
+                labels,
+                output,
+                loss,
+            ]
             counts.append((counted_bytes(tensors, saved), event))
 
     for step, (images, labels) in enumerate(batches, start=1):
@@ -168,13 +245,13 @@ def training_step_peak(batches, baseline=None):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = model(images)
             loss = criterion(output, labels)
-        count(f"{step}: forward")          # with the loss
+        count(f"{step}: forward")  # with the loss
         loss.backward()
-        saved.clear()                       # backward frees what autograd saved
+        saved.clear()  # backward frees what autograd saved
         count(f"{step}: backward")
         optimizer.step()
         count(f"{step}: optimizer step")
-        optimizer.zero_grad()               # set_to_none=True: the gradients are freed
+        optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -184,17 +261,24 @@ def training_step_peak(batches, baseline=None):
 
 def mnist_batches(batch_size):
     """The first two MNIST batches of this size, in host memory, each its own tensor."""
-    return [(mnist_images[i * batch_size:(i + 1) * batch_size].clone(),
-             mnist_labels[i * batch_size:(i + 1) * batch_size].clone())
-            for i in range(2)]
+    return [
+        (
+            mnist_images[i * batch_size : (i + 1) * batch_size].clone(),
+            mnist_labels[i * batch_size : (i + 1) * batch_size].clone(),
+        )
+        for i in range(2)
+    ]
 
 
 def forward_saving(model, images, labels):
-    """Forward + loss, noting every storage autograd saves for backward (address -> bytes)."""
+    """Forward + loss, noting every storage autograd saves for backward (address ->
+    bytes)."""
     saved = {}
+
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         output = model(images)
         loss = criterion(output, labels)
@@ -210,60 +294,98 @@ def parts_of_a_step(batch_size):
     images, labels = images.to(device), labels.to(device)
     output, loss, saved = forward_saving(net, images, labels)
     params = list(net.parameters())
-    known = {t.untyped_storage().data_ptr()
-             for t in [*params, images, labels, output, loss]}
+    known = {
+        t.untyped_storage().data_ptr() for t in [*params, images, labels, output, loss]
+    }
     activations = sum(n for ptr, n in saved.items() if ptr not in known)
     del saved
     loss.backward()
     optimizer.step()
-    state = nbytes(v for s in optimizer.state.values() for v in s.values()
-                   if torch.is_tensor(v))
-    return dict(params=nbytes(params), grads=nbytes(p.grad for p in params),
-                state=state, batch=nbytes([images, labels]), activations=activations,
-                kept=nbytes([output, loss]))
+    state = nbytes(
+        v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    )
+    return dict(
+        params=nbytes(params),
+        grads=nbytes(p.grad for p in params),
+        state=state,
+        batch=nbytes([images, labels]),
+        activations=activations,
+        kept=nbytes([output, loss]),
+    )
 
 
-print(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
+say(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
 measured, kept_by_autograd = {}, {}
 for batch_size in BATCHES:
     peak, event = training_step_peak(mnist_batches(batch_size))
     measured[batch_size] = peak
     parts = parts_of_a_step(batch_size)
     kept_by_autograd[batch_size] = parts["activations"]
-    print(f"batch {batch_size}: peak memory of a training step {peak:,} bytes "
-          f"({PEAK_LABEL})" + (f", at '{event}'" if event else ""))
-    print(f"  parts: parameters {parts['params']:,} + gradients {parts['grads']:,} + "
-          f"Adam state {parts['state']:,} + batch {parts['batch']:,} + saved "
-          f"activations {parts['activations']:,} (until backward) + logits and loss "
-          f"{parts['kept']:,}")
+    where = f", at '{event}'" if event else ""
+    print(f"batch {batch_size}: peak memory of a training step {peak:,} bytes")
+    print(f"  ({PEAK_LABEL}){where}")
+    first = f"parameters {parts['params']:,} + gradients {parts['grads']:,}"
+    print(f"  parts: {first} + Adam state {parts['state']:,}")
+    saved = f"saved activations {parts['activations']:,} (until backward)"
+    print(f"    + batch {parts['batch']:,} + {saved}")
+    print(f"    + logits and loss {parts['kept']:,}")
 if device.type == "cpu":
-    print("  (the parts are never all alive together: gradients appear at backward, "
-          "when the saved activations are freed, and go at zero_grad)")
+    say(
+        "(the parts are never all alive together: gradients appear at backward, when "
+        "the saved activations are freed, and go at zero_grad)",
+        "  ",
+    )
 gc.collect()
 
 # %% compare
 kind = "peak (CUDA allocator)" if device.type == "cuda" else "peak (counted bytes)"
-print(f"{'batch':>5} {'torchsummary':>14} {'torchinfo':>12} {kind:>22} {'measured/summary':>17} "
-      f"{'measured/info':>14}   (bytes)")
+print(f"{'batch':>5} {'torchsummary':>13} {'torchinfo':>10} {kind:>22}", end="")
+print(f" {'peak/summary':>13} {'peak/info':>10}")
 for batch_size in BATCHES:
-    m = measured[batch_size]
-    print(f"{batch_size:>5} {summary_bytes[batch_size]:>14,} {info_bytes[batch_size]:>12,} {m:>22,} "
-          f"{m / summary_bytes[batch_size]:>17.2f} {m / info_bytes[batch_size]:>14.2f}")
-print("torchsummary: exact bytes of its own formula (it prints MiB labelled 'MB', 2 decimals); torchinfo: "
-      "total_input + total_output_bytes + total_param_bytes (it prints 10^6-byte MB).")
+    m, summary, info = (
+        measured[batch_size],
+        summary_bytes[batch_size],
+        info_bytes[batch_size],
+    )
+    print(f"{batch_size:>5} {summary:>13,} {info:>10,} {m:>22,}", end="")
+    print(f" {m / summary:>13.2f} {m / info:>10.2f}")
+say(
+    "(bytes) torchsummary: exact bytes of its own formula (it prints MiB labelled "
+    "'MB', 2 decimals); torchinfo: total_input + total_output_bytes + "
+    "total_param_bytes (it prints 10^6-byte MB)."
+)
 print("What each counts:")
-print("  torchsummary: the input (4 bytes a number) + 2 x the output of every module it hooks (Flatten, Linear, ReLU,")
-print("    Linear: 784 + 128 + 128 + 10 numbers a sample; Flatten's output is a view of the input and costs nothing)")
-print("    + the parameters once, at 4 bytes each.")
-print("  torchinfo: the input (sys.getsizeof of its storage: data + a Python object header) + 2 x the outputs of the")
-print("    layers that have parameters only (Linear 128 + 10 numbers a sample; ReLU and Flatten are skipped) + the")
-print("    parameters once, at their real element size.")
-print("What both leave out: the parameters' gradients (their x2 is for the layer outputs, not the weights), the")
-print("  optimizer's state (Adam: 2 x the parameters), the labels, and on a GPU the CUDA context, cuBLAS's")
-print("  workspace and the allocator's rounding to 512-byte blocks and its cached segments.")
+say(
+    "torchsummary: the input (4 bytes a number) + twice the output of every module it "
+    "hooks (Flatten, Linear, ReLU, Linear: 784 + 128 + 128 + 10 numbers a sample; "
+    "Flatten's output is a view of the input and costs nothing) + the parameters once, "
+    "at 4 bytes each.",
+    "  ",
+    "    ",
+)
+say(
+    "torchinfo: the input (sys.getsizeof of its storage: data + a Python object "
+    "header) + twice the outputs of the layers that have parameters only (Linear 128 + "
+    "10 numbers a sample; ReLU and Flatten are skipped) + the parameters once, at "
+    "their real element size.",
+    "  ",
+    "    ",
+)
+say(
+    "What both leave out: the parameters' gradients (their x2 is for the layer "
+    "outputs, not the weights), the optimizer's state (Adam: 2 x the parameters), the "
+    "labels, and on a GPU the CUDA context, cuBLAS's workspace and the allocator's "
+    "rounding to 512-byte blocks and its cached segments.",
+    "",
+    "  ",
+)
 b = max(BATCHES)
-print(f"Their 'forward/backward pass' part at batch {b}: torchsummary {summary_outputs[b]:,} bytes, torchinfo "
-      f"{info_outputs[b]:,};")
-print(f"  what autograd really keeps for backward: {kept_by_autograd[b]:,} bytes (ReLU's output, the log-softmax "
-      f"output and a 4-byte weight total;")
-print("  layer1's output before ReLU is freed as soon as ReLU has run).")
+say(
+    f"Their 'forward/backward pass' part at batch {b}: torchsummary "
+    f"{summary_outputs[b]:,} bytes, torchinfo {info_outputs[b]:,}; what autograd "
+    f"really keeps for backward: {kept_by_autograd[b]:,} bytes (ReLU's output, the "
+    "log-softmax output and a 4-byte weight total; layer1's output before ReLU is "
+    "freed as soon as ReLU has run).",
+    "",
+    "  ",
+)

@@ -1,29 +1,47 @@
 # %% setup
-# Image data vs tabular data: a table is (samples, features), but an image keeps its layout
-# as (channels, height, width). MNIST is 1x28x28 greyscale, CIFAR-10 is 3x32x32 colour, and
-# a batch adds one axis in front: (batch, channels, height, width).
-import os, socket, sys, contextlib, io
+# Image data vs tabular data: a table is (samples, features), but an image keeps its
+# layout as (channels, height, width). MNIST is 1x28x28 greyscale, CIFAR-10 is 3x32x32
+# colour, and a batch adds one axis in front: (batch, channels, height, width).
+import contextlib
+import io
+import os
+import socket
+import sys
+
+import matplotlib.pyplot as plt
 import torch
+import torch.nn as nn
 from torchvision import datasets, transforms
 
-DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+# MNIST is read from ./data, as in the lesson, unless LESSON_DATA names another folder.
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 def load_mnist(train, transform):
-    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
-    socket.setdefaulttimeout(10)            # never hang on a dead network
+    """MNIST from DATA_ROOT, downloaded if it is not there; if that fails, one clear
+    sentence and exit 1."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    quiet = contextlib.redirect_stdout(io.StringIO())  # torchvision lists each mirror
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
-            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+        with quiet:
+            return datasets.MNIST(
+                root=DATA_ROOT, train=train, download=True, transform=transform
+            )
     except Exception as error:
-        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
-                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
-                 f"that holds MNIST/raw.")
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            "LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
 
 # %% tabular
-# Tabular data: one row per sample, one column per feature. Random numbers stand in for real features.
+# Tabular data: one row per sample, one column per feature. Random numbers stand in
+# for real features.
 table = torch.randn(1000, 5)
 print(f"Table shape: {tuple(table.shape)}  ->  (samples, features)")
 print("First 3 rows (each row is one sample with 5 features):")
@@ -34,38 +52,110 @@ for row in table[:3]:
 # One MNIST image after ToTensor: a 3-D tensor, not a row of numbers.
 train_dataset = load_mnist(train=True, transform=transforms.ToTensor())
 image, label = train_dataset[0]
+low, high = image.min().item(), image.max().item()
 print(f"Image shape: {tuple(image.shape)}  ->  (channels, height, width)")
 print(f"dtype      : {image.dtype}")
 print(f"label      : {label}")
-print(f"values     : {image.numel()} = 1 x 28 x 28, from {image.min().item():.1f} to {image.max().item():.1f}")
-print(f"size       : {image.numel()} values x {image.element_size()} bytes = {image.nbytes:,} bytes")
+print(f"values     : {image.numel()} = 1 x 28 x 28, from {low:.1f} to {high:.1f}")
+size = f"{image.numel()} values x {image.element_size()} bytes"
+print(f"size       : {size} = {image.nbytes:,} bytes")
 
 # %% cifar-shape
-# CIFAR-10 is never downloaded here: the lesson only needs its shape, so torch.rand makes a
-# random "image" of the same shape (3 colour channels: red, green, blue; 32 x 32 pixels).
+# CIFAR-10 is never downloaded here: the lesson only needs its shape, so torch.rand
+# makes a random "image" of the same shape (3 colour channels: red, green, blue;
+# 32 x 32 pixels).
 cifar_image = torch.rand(3, 32, 32)
-print(f"CIFAR-10-shaped image: {tuple(cifar_image.shape)}  ->  (channels, height, width)")
+shape = tuple(cifar_image.shape)
+print(f"CIFAR-10-shaped image: {shape}  ->  (channels, height, width)")
 for channel, colour in enumerate(["red", "green", "blue"]):
-    print(f"  channel {channel} ({colour:>5}): shape {tuple(cifar_image[channel].shape)}")
+    shape = tuple(cifar_image[channel].shape)
+    print(f"  channel {channel} ({colour:>5}): shape {shape}")
 print(f"values: {cifar_image.numel()} = 3 x 32 x 32, dtype {cifar_image.dtype}")
 
 # %% batch
 # A model sees many images at once: stacking 64 images adds a batch axis in front.
 batch = torch.stack([train_dataset[i][0] for i in range(64)])
-meanings = ["batch: which image (0-63)", "channels: 1 grey channel",
-            "height: pixel rows", "width: pixel columns"]
+meanings = [
+    "batch: which image (0-63)",
+    "channels: 1 grey channel",
+    "height: pixel rows",
+    "width: pixel columns",
+]
 print(f"Batch shape: {tuple(batch.shape)}")
 for axis, (size, meaning) in enumerate(zip(batch.shape, meanings)):
     print(f"  axis {axis}: {size:>3}  {meaning}")
-print(f"size: {batch.numel():,} values x {batch.element_size()} bytes = {batch.nbytes:,} bytes "
-      f"= {batch.nbytes / 1024:.1f} KiB")
+values = f"{batch.numel():,} values x {batch.element_size()} bytes"
+print(f"size: {values} = {batch.nbytes:,} bytes = {batch.nbytes / 1024:.1f} KiB")
 
 # %% flatten
-# An MLP needs one vector per image: flatten every axis except the batch axis (what nn.Flatten does).
+# An MLP needs one vector per image: flatten every axis except the batch axis (what
+# nn.Flatten does).
 flat = batch.flatten(start_dim=1)
-print(f"MNIST batch   {tuple(batch.shape)} -> flattened {tuple(flat.shape)}   (1 x 28 x 28 = {1 * 28 * 28})")
+shapes = f"{tuple(batch.shape)} -> flattened {tuple(flat.shape)}"
+print(f"MNIST batch   {shapes}   (1 x 28 x 28 = {1 * 28 * 28})")
 cifar_batch = torch.rand(64, 3, 32, 32)
 cifar_flat = cifar_batch.flatten(start_dim=1)
-print(f"CIFAR batch   {tuple(cifar_batch.shape)} -> flattened {tuple(cifar_flat.shape)}  "
-      f"(3 x 32 x 32 = {3 * 32 * 32})")
+shapes = f"{tuple(cifar_batch.shape)} -> flattened {tuple(cifar_flat.shape)}"
+print(f"CIFAR batch   {shapes}  (3 x 32 x 32 = {3 * 32 * 32})")
 print("Flattening keeps every pixel but forgets which pixels were neighbours.")
+
+# %% axes-figure
+# The batch above as a picture: its four axes (N, C, H, W), then nn.Flatten's output,
+# one row of 784 numbers per image. Every size on it is read from the tensors.
+plt.rcParams["font.size"] = 10
+flat = nn.Flatten()(batch)  # the layer the MLP uses; the same as flatten(start_dim=1)
+assert torch.equal(flat, batch.flatten(start_dim=1))
+N, C, H, W = batch.shape
+fig, (deck, rows) = plt.subplots(
+    2, 1, figsize=(7, 8.2), height_ratios=[1.15, 1], layout="constrained"
+)
+
+SHOWN, STEP = 4, 9  # draw the first 4 images of the batch, each 9 pixels behind
+for k in reversed(range(SHOWN)):  # the back of the stack first
+    x = y = k * STEP
+    box, front = (x, x + W, y, y + H), 10 - k
+    deck.imshow(batch[k, 0].numpy(), cmap="gray", extent=box, zorder=front)
+    edge = plt.Rectangle((x, y), W, H, fill=False, lw=1.5, ec="tab:blue", zorder=front)
+    deck.add_patch(edge)
+deck.annotate(
+    "",
+    xy=(W + SHOWN * STEP, H + SHOWN * STEP),
+    xytext=(W + 1, H + 1),
+    arrowprops=dict(arrowstyle="->", lw=1.5, color="tab:blue"),
+)
+deck.text(
+    W + SHOWN * STEP + 2,
+    H + SHOWN * STEP - 2,
+    f"N = {N}: axis 0, which image\n(the first {SHOWN} drawn)",
+    va="top",
+    color="tab:blue",
+)
+both_ways = dict(arrowstyle="<->", lw=1.2)
+deck.annotate("", xy=(0, -3), xytext=(W, -3), arrowprops=both_ways)
+deck.text(W / 2, -5, f"W = {W}: axis 3,\npixel columns", ha="center", va="top")
+deck.annotate("", xy=(-3, 0), xytext=(-3, H), arrowprops=both_ways)
+deck.text(-5, H / 2, f"H = {H}: axis 2,\npixel rows", ha="right", va="center")
+deck.text(
+    W + SHOWN * STEP + 2,
+    8,
+    f"C = {C}: axis 1, channels\n(one grey value a pixel;\nCIFAR-10 has 3: red,\n"
+    "green, blue)",
+    va="center",
+)
+deck.set_xlim(-34, W + SHOWN * STEP + 58)
+deck.set_ylim(-16, H + SHOWN * STEP + 4)
+deck.set_aspect("equal")
+deck.set_axis_off()
+deck.set_title(f"An image batch tensor: (N, C, H, W) = {tuple(batch.shape)}")
+
+rows.imshow(flat.numpy(), cmap="gray", aspect="auto", interpolation="nearest")
+rows.set_title(
+    f"nn.Flatten(): {tuple(batch.shape)} -> {tuple(flat.shape)}, one row per image"
+)
+rows.set_xlabel(f"{flat.shape[1]} features = {C} x {H} x {W} pixels, row after row")
+rows.set_ylabel(f"N = {flat.shape[0]} images")
+rows.set_xticks(range(0, flat.shape[1], 7 * W))  # a tick every 7 image rows
+rows.set_yticks([0, N - 1], ["image 0", f"image {N - 1}"])
+fig.suptitle("MNIST: the axes of an image batch, and what nn.Flatten does")
+print(f"Drawn from the tensors: batch {tuple(batch.shape)} -> {tuple(flat.shape)}")
+plt.show()

@@ -1,31 +1,50 @@
 # %% setup
-# Memory over two full training steps of the MNIST MLP, event by event (model loaded, batch to the device, forward,
-# backward, optimizer step, zero_grad), for SGD and Adam at batch 1024 on real MNIST batches.
-# On CUDA the bytes are PyTorch's torch.cuda.memory_allocated() after each event; on the CPU, which has no allocator
-# counter, they are counted from the tensors alive at that moment. Bytes are exact; MiB are 1024-based.
-import os, socket, sys, contextlib, io, gc
+# Memory over two full training steps of the MNIST MLP, event by event (model loaded,
+# batch to the device, forward, backward, optimizer step, zero_grad), for SGD and Adam
+# at batch 1024 on real MNIST batches. On CUDA the bytes are PyTorch's
+# torch.cuda.memory_allocated() after each event; on the CPU, which has no allocator
+# counter, they are counted from the tensors alive at that moment. Bytes are exact;
+# MiB are 1024-based.
+import contextlib
+import gc
+import io
+import os
+import socket
+import sys
+import textwrap
+
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.optim as optim
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
-import matplotlib.pyplot as plt
 
-DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+# MNIST is read from ./data, as in the lesson, unless LESSON_DATA names another folder.
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 def load_mnist(train, transform):
-    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
-    socket.setdefaulttimeout(10)            # never hang on a dead network
+    """MNIST from DATA_ROOT, downloaded if it is not there; if that fails, one clear
+    sentence and exit 1."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    quiet = contextlib.redirect_stdout(io.StringIO())  # torchvision lists each mirror
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
-            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+        with quiet:
+            return datasets.MNIST(
+                root=DATA_ROOT, train=train, download=True, transform=transform
+            )
     except Exception as error:
-        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
-                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
-                 f"that holds MNIST/raw.")
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            "LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
 
 class MLP(nn.Module):
     def __init__(self):
@@ -34,81 +53,120 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(784, 128)
         self.relu = nn.ReLU()
         self.layer2 = nn.Linear(128, 10)
+
     def forward(self, x):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
-def nbytes(tensors):
-    """Exact bytes of some tensors on `device` (Adam's step counters stay on the CPU for a CUDA model)."""
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None and t.device.type == device.type)
 
-transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+def nbytes(tensors):
+    """Exact bytes of some tensors on `device` (Adam's step counters stay on the CPU
+    for a CUDA model)."""
+    here = [t for t in tensors if t is not None and t.device.type == device.type]
+    return sum(t.numel() * t.element_size() for t in here)
+
+
+def say(text):
+    """Print a long sentence wrapped at 88 columns."""
+    print(textwrap.fill(text, width=88))
+
+
+normalize = transforms.Normalize((0.1307,), (0.3081,))
+transform = transforms.Compose([transforms.ToTensor(), normalize])
 train_dataset = load_mnist(True, transform)
 loader = DataLoader(train_dataset, batch_size=1024, shuffle=False)
-batches = [batch for batch, _ in zip(loader, range(2))]  # the first two real MNIST batches, in host memory
+batches = [batch for batch, _ in zip(loader, range(2))]  # two real batches, on the host
 criterion = nn.CrossEntropyLoss()
-if device.type == "cuda":                   # warm-up: cuBLAS's workspaces are allocated once, before we measure
+if (
+    device.type == "cuda"
+):  # warm-up: cuBLAS's workspaces are allocated before we measure
     warm = MLP().to(device)
-    criterion(warm(batches[0][0][:64].to(device)), batches[0][1][:64].to(device)).backward()
-    del warm
+    images, labels = batches[0][0][:64].to(device), batches[0][1][:64].to(device)
+    criterion(warm(images), labels).backward()
+    del warm, images, labels
     torch.cuda.synchronize()
-print(f"Two batches of {batches[0][0].shape[0]} MNIST images: images {tuple(batches[0][0].shape)} float32, "
-      f"labels {tuple(batches[0][1].shape)} int64")
+images, labels = batches[0]
+print(f"Two batches of {images.shape[0]} MNIST images:")
+print(f"images {tuple(images.shape)} float32, labels {tuple(labels.shape)} int64")
 
 # %% events
-OPTIMIZERS = {"SGD": lambda ps: optim.SGD(ps, lr=0.01), "Adam": lambda ps: optim.Adam(ps, lr=1e-3)}
-EVENTS = ["start", "model loaded", "optimizer created"] + [
-    f"{step}: {event}" for step in (1, 2)
-    for event in ("batch to device", "forward", "backward", "optimizer step", "zero_grad")]
+OPTIMIZERS = {
+    "SGD": lambda ps: optim.SGD(ps, lr=0.01),
+    "Adam": lambda ps: optim.Adam(ps, lr=1e-3),
+}
+STEP_EVENTS = ("batch to device", "forward", "backward", "optimizer step", "zero_grad")
+EVENTS = ["start", "model loaded", "optimizer created"]
+EVENTS += [f"{step}: {event}" for step in (1, 2) for event in STEP_EVENTS]
+
 
 def allocator_log():
-    """(tensor allocations, new cudaMalloc segments) in the allocator's recorded history, or None."""
+    """(tensor allocations, new cudaMalloc segments) in the allocator's recorded
+    history, or None."""
     try:
-        trace = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
-    except Exception as error:              # a private API: it may change between releases
-        print(f"(the allocator's history could not be read: {type(error).__name__}: {error})")
+        traces = torch.cuda.memory._snapshot()["device_traces"]
+        trace = traces[torch.cuda.current_device()]
+    except Exception as error:  # a private API: it may change between releases
+        problem = f"{type(error).__name__}: {error}"
+        say(f"(the allocator's history could not be read: {problem})")
         return None
     actions = [entry["action"] for entry in trace]
     return actions.count("alloc"), actions.count("segment_alloc")
 
+
 def two_steps(optimizer_name, log=False):
-    """Run two training steps; return the bytes in use after each event of EVENTS, and the allocator's log."""
+    """Run two training steps; return the bytes in use after each event of EVENTS, and
+    the allocator's log."""
     if device.type == "cuda":
-        gc.collect(); torch.cuda.empty_cache(); torch.cuda.synchronize()
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
     baseline = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     timeline, logs = [], [allocator_log()] if log else []
     model = optimizer = images = labels = output = loss = None
-    saved = {}                              # storage address -> bytes, of what autograd keeps for backward
+    saved = {}  # storage address -> bytes, of what autograd keeps for backward
+
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
+
     def record():
         if device.type == "cuda":
             torch.cuda.synchronize()
             timeline.append(torch.cuda.memory_allocated() - baseline)
             return
-        tensors = [images, labels, output, loss]              # CPU: count what exists now
+        tensors = [images, labels, output, loss]  # CPU: count what exists now
         if model is not None:
             tensors += [*model.parameters(), *(p.grad for p in model.parameters())]
         if optimizer is not None:
-            tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+            state = optimizer.state.values()
+            tensors += [v for s in state for v in s.values() if torch.is_tensor(v)]
         counted = {t.untyped_storage().data_ptr() for t in tensors if t is not None}
-        timeline.append(nbytes(tensors) + sum(n for ptr, n in saved.items() if ptr not in counted))
-    record()                                                  # start
+        extra = sum(n for ptr, n in saved.items() if ptr not in counted)
+        timeline.append(nbytes(tensors) + extra)
+
+    record()  # start
     torch.manual_seed(0)
-    model = MLP().to(device); record()                        # model loaded
-    optimizer = OPTIMIZERS[optimizer_name](model.parameters()); record()   # optimizer created
+    model = MLP().to(device)
+    record()  # model loaded
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    record()  # optimizer created
     for cpu_images, cpu_labels in batches:
-        images, labels = cpu_images.to(device), cpu_labels.to(device); record()
+        images, labels = cpu_images.to(device), cpu_labels.to(device)
+        record()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = model(images)
             loss = criterion(output, labels)
-        record()                                              # forward
-        loss.backward(); saved.clear(); record()              # backward frees what autograd saved
-        optimizer.step(); record()
-        optimizer.zero_grad(); record()                       # set_to_none=True: the gradients are freed
+        record()  # forward
+        loss.backward()
+        saved.clear()
+        record()  # backward frees what autograd saved
+        optimizer.step()
+        record()
+        optimizer.zero_grad()
+        record()  # set_to_none=True: the gradients are freed
         if log:
             logs.append(allocator_log())
     return timeline, logs
+
 
 history = False
 if device.type == "cuda":
@@ -116,74 +174,121 @@ if device.type == "cuda":
         torch.cuda.memory._record_memory_history(max_entries=100000, stacks="python")
         history = True
     except Exception as error:
-        print(f"The allocator's history is not available here ({type(error).__name__}: {error}); continuing "
-              f"with memory_allocated() alone.")
+        say(
+            "The allocator's history is not available here "
+            f"({type(error).__name__}: {error}); continuing with memory_allocated() "
+            "alone."
+        )
 else:
-    print("CPU: counted bytes, not an allocator: parameters + gradients + optimizer state + batch + what autograd "
-          "saved for backward (unique storages) + logits and loss")
+    say(
+        "CPU: counted bytes, not an allocator: parameters + gradients + optimizer "
+        "state + batch + what autograd saved for backward (unique storages) + logits "
+        "and loss"
+    )
 timelines = {}
 for optimizer_name in OPTIMIZERS:
     timelines[optimizer_name], logs = two_steps(optimizer_name, log=history)
     if history and None not in logs:
         (a0, s0), (a1, s1), (a2, s2) = logs
-        print(f"{optimizer_name}: the allocator served {a1 - a0} tensor allocations from the model's creation to "
-              f"the end of step 1 and {a2 - a1} in step 2; it asked CUDA for new memory (a cudaMalloc'd segment) "
-              f"{s1 - s0} times, then {s2 - s1} times" + (": step 2 reuses the cached blocks" if s2 == s1 else ""))
+        say(
+            f"{optimizer_name}: the allocator served {a1 - a0} tensor allocations from "
+            f"the model's creation to the end of step 1 and {a2 - a1} in step 2; it "
+            f"asked CUDA for new memory (a cudaMalloc'd segment) {s1 - s0} times, then "
+            f"{s2 - s1} times"
+            + (": step 2 reuses the cached blocks" if s2 == s1 else "")
+        )
 if history:
-    torch.cuda.memory._record_memory_history(enabled=None)   # stop recording
+    torch.cuda.memory._record_memory_history(enabled=None)  # stop recording
 
 # %% timeline
-unit = "bytes: memory_allocated above the start" if device.type == "cuda" else "CPU: counted bytes, not an allocator"
-print(f"{'event':<22} {'SGD':>12} {'Adam':>12}   ({unit})")
-for index, event in enumerate(EVENTS):
-    print(f"{event:<22} {timelines['SGD'][index]:>12,} {timelines['Adam'][index]:>12,}")
-highest = max(range(len(EVENTS)), key=lambda i: timelines["Adam"][i])
-if device.type == "cpu":
-    print(f"Adam's highest point: {timelines['Adam'][highest]:,} bytes at "
-          f"'{EVENTS[highest]}'. That is the peak memory of a training step (counted "
-          f"tensor bytes), as batch_size_search.py, batch_size_effects.py and "
-          f"estimators.py measure it.")
+if device.type == "cuda":
+    unit = "bytes: memory_allocated above the start"
 else:
-    print(f"Adam's highest memory_allocated at an event: "
-          f"{timelines['Adam'][highest]:,} bytes at '{EVENTS[highest]}'. The peak "
-          f"memory of a training step in the other snippets is max_memory_allocated(), "
-          f"which also catches tensors that live only between two events.")
+    unit = "CPU: counted bytes, not an allocator"
+print(f"({unit})")
+print(f"{'event':<22} {'SGD':>12} {'Adam':>12}")
+for index, event in enumerate(EVENTS):
+    sgd, adam = timelines["SGD"][index], timelines["Adam"][index]
+    print(f"{event:<22} {sgd:>12,} {adam:>12,}")
+highest = max(range(len(EVENTS)), key=lambda i: timelines["Adam"][i])
+top = f"{timelines['Adam'][highest]:,} bytes at '{EVENTS[highest]}'"
+if device.type == "cpu":
+    say(
+        f"Adam's highest point: {top}. That is the peak memory of a training step "
+        "(counted tensor bytes), as batch_size_search.py, batch_size_effects.py and "
+        "estimators.py measure it."
+    )
+else:
+    say(
+        f"Adam's highest memory_allocated at an event: {top}. The peak memory of a "
+        "training step in the other snippets is max_memory_allocated(), which also "
+        "catches tensors that live only between two events."
+    )
+
 
 def change(name, event):
     """Bytes added at an event (negative: freed)."""
     index = EVENTS.index(event)
     return timelines[name][index] - timelines[name][index - 1]
 
+
 for step in (1, 2):
-    print(f"Step {step}: forward +{change('Adam', f'{step}: forward'):,} bytes (activations autograd keeps, logits, "
-          f"loss); backward {change('Adam', f'{step}: backward'):+,} (gradients in, saved activations out); "
-          f"zero_grad {change('Adam', f'{step}: zero_grad'):+,}")
-print(f"Gradients appear at the first backward and stay until zero_grad, which by default sets them to None: "
-      f"memory drops by {-change('SGD', '1: zero_grad'):,} bytes, and they come back at the next backward.")
-print(f"Adam's state appears at the first optimizer step (+{change('Adam', '1: optimizer step'):,} bytes; "
-      f"SGD: {change('SGD', '1: optimizer step'):+,}) and stays: at step 2 Adam adds "
-      f"{change('Adam', '2: optimizer step'):+,}.")
+    forward = change("Adam", f"{step}: forward")
+    backward = change("Adam", f"{step}: backward")
+    zero_grad = change("Adam", f"{step}: zero_grad")
+    say(
+        f"Step {step}: forward +{forward:,} bytes (activations autograd keeps, logits, "
+        f"loss); backward {backward:+,} (gradients in, saved activations out); "
+        f"zero_grad {zero_grad:+,}"
+    )
+say(
+    "Gradients appear at the first backward and stay until zero_grad, which by default "
+    f"sets them to None: memory drops by {-change('SGD', '1: zero_grad'):,} bytes, and "
+    "they come back at the next backward."
+)
+say(
+    "Adam's state appears at the first optimizer step "
+    f"(+{change('Adam', '1: optimizer step'):,} bytes; SGD: "
+    f"{change('SGD', '1: optimizer step'):+,}) and stays: at step 2 Adam adds "
+    f"{change('Adam', '2: optimizer step'):+,}."
+)
 if device.type == "cpu":
-    print("  (on the CPU that includes Adam's four 4-byte step counters, which a CUDA model keeps in host memory)")
-print(f"At '2: batch to device' the new batch replaces the old one (freed when the variable is reassigned): "
-      f"{change('SGD', '2: batch to device'):+,} bytes.")
-print(f"Creating the optimizer costs nothing yet (SGD {change('SGD', 'optimizer created'):+,}, "
-      f"Adam {change('Adam', 'optimizer created'):+,}): Adam makes its state lazily, at its first step.")
-print(f"Activations come and go with each forward and backward; at the end Adam holds "
-      f"{timelines['Adam'][-1] - timelines['SGD'][-1]:,} bytes more than SGD: its state.")
+    say(
+        "(on the CPU that includes Adam's four 4-byte step counters, which a CUDA "
+        "model keeps in host memory)"
+    )
+say(
+    "At '2: batch to device' the new batch replaces the old one (freed when the "
+    f"variable is reassigned): {change('SGD', '2: batch to device'):+,} bytes."
+)
+say(
+    "Creating the optimizer costs nothing yet "
+    f"(SGD {change('SGD', 'optimizer created'):+,}, "
+    f"Adam {change('Adam', 'optimizer created'):+,}): Adam makes its state lazily, at "
+    "its first step."
+)
+more = timelines["Adam"][-1] - timelines["SGD"][-1]
+say(
+    "Activations come and go with each forward and backward; at the end Adam holds "
+    f"{more:,} bytes more than SGD: its state."
+)
 
 # %% chart
 MiB = 2**20
-fig, ax = plt.subplots(figsize=(9, 4.5))
-for name, style in (("SGD", "-"), ("Adam", "--")):           # each level holds from its event to the next
+plt.rcParams["font.size"] = 10
+fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+steps = [*range(len(EVENTS)), len(EVENTS) - 0.5]  # each level holds until the next
+for name, style in (("SGD", "-"), ("Adam", "--")):
     mib = [b / MiB for b in timelines[name]]
-    ax.step([*range(len(EVENTS)), len(EVENTS) - 0.5], mib + mib[-1:], style, where="post", label=name)
-ax.set_xticks(range(len(EVENTS)), EVENTS, rotation=45, ha="right")
+    ax.step(steps, mib + mib[-1:], style, where="post", label=name, lw=2)
+ax.set_xticks(range(len(EVENTS)), EVENTS, rotation=50, ha="right", size=9)
 ax.set_xlabel("event")
-ax.set_ylabel("memory_allocated above the start (MiB)" if device.type == "cuda"
-              else "memory in use (MiB, counted tensor bytes)")
-ax.set_title("Memory over two training steps" + ("" if device.type == "cuda" else " (CPU: counted tensor bytes)"))
+if device.type == "cuda":
+    ax.set_ylabel("memory_allocated above the start (MiB)")
+    ax.set_title("Memory over two training steps")
+else:
+    ax.set_ylabel("memory in use (MiB, counted tensor bytes)")
+    ax.set_title("Memory over two training steps (CPU: counted tensor bytes)")
 ax.grid(True, axis="y", alpha=0.3)
 ax.legend()
-plt.tight_layout()
 plt.show()

@@ -1,7 +1,9 @@
 # %% setup
-# The lesson's MNIST model: a two-layer MLP (Flatten -> Linear 784->128 -> ReLU -> Linear 128->10).
-# Its structure shown by torchsummary and by torchinfo, and its 101,770 parameters counted by hand,
-# layer by layer, and checked against PyTorch's own count.
+# The lesson's MNIST model: a two-layer MLP
+# (Flatten -> Linear 784->128 -> ReLU -> Linear 128->10).
+# Its structure shown by torchsummary and by torchinfo, and its 101,770 parameters
+# counted by hand, layer by layer, and checked against PyTorch's own count.
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torchinfo
@@ -9,16 +11,18 @@ import torchsummary
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 # %% model
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.flatten = nn.Flatten()          # (batch, 1, 28, 28) -> (batch, 784)
-        self.layer1 = nn.Linear(784, 128)    # 784 inputs -> 128 neurons
+        self.flatten = nn.Flatten()  # (batch, 1, 28, 28) -> (batch, 784)
+        self.layer1 = nn.Linear(784, 128)  # 784 inputs -> 128 neurons
         self.relu = nn.ReLU()
-        self.layer2 = nn.Linear(128, 10)     # 128 inputs -> 10 outputs, one logit per digit
+        self.layer2 = nn.Linear(128, 10)  # 128 inputs -> 10 outputs, a logit per digit
 
     def forward(self, x):
         x = self.flatten(x)
@@ -27,36 +31,103 @@ class MLP(nn.Module):
         x = self.layer2(x)
         return x
 
+
 model = MLP().to(device)
 print(model)
 
 # %% torchsummary
-# torchsummary.summary defaults to device="cuda": on a CUDA machine with the model on the CPU (or on
-# a CPU-only machine) its test input and the model would disagree. Pass the model's own device.
-# input_size is one sample (channels, height, width): no batch size. Its "MB" are MiB (1024 x 1024 bytes).
+# torchsummary.summary defaults to device="cuda": on a CUDA machine with the model on
+# the CPU (or on a CPU-only machine) its test input and the model would disagree. Pass
+# the model's own device. input_size is one sample (channels, height, width): no batch
+# size. Its "MB" are MiB (1024 x 1024 bytes).
 torchsummary.summary(model, input_size=(1, 28, 28), device=device.type)
 
 # %% torchinfo
-# torchinfo wants the batch axis too: (batch, channels, height, width). In a script it prints the table
-# by itself unless verbose=0; here it only returns it, and print() shows it once. Its MB are 10^6 bytes,
-# and its "Total mult-adds (Units.MEGABYTES)" line counts millions of multiply-adds, not bytes.
+# torchinfo wants the batch axis too: (batch, channels, height, width). In a script it
+# prints the table by itself unless verbose=0; here it only returns it, and print()
+# shows it once. Its MB are 10^6 bytes, and its "Total mult-adds (Units.MEGABYTES)"
+# line counts millions of multiply-adds, not bytes.
 stats = torchinfo.summary(model, input_size=(1, 1, 28, 28), device=device, verbose=0)
 print(stats)
 params_bytes = stats.total_params * 4
-print(f"Both 'Params size' lines are {params_bytes:,} bytes: {params_bytes / 1024**2:.2f} MiB (torchsummary's "
-      f"\"MB\") = {params_bytes / 1000**2:.2f} MB (torchinfo's)")
+mib, mb = params_bytes / 1024**2, params_bytes / 1000**2
+print(f"Both 'Params size' lines are {params_bytes:,} bytes:")
+print(f"{mib:.2f} MiB (torchsummary's \"MB\") = {mb:.2f} MB (torchinfo's)")
 
 # %% count
 # Parameters of a Linear layer: inputs x outputs weights, plus one bias per output.
 layer1 = 784 * 128 + 128
 layer2 = 128 * 10 + 10
 print(f"{'layer':<8}{'arithmetic':<20}{'by hand':>10}{'PyTorch':>10}")
-for name, arithmetic, expected in (("layer1", "784 x 128 + 128", layer1), ("layer2", "128 x 10 + 10", layer2)):
+for name, arithmetic, expected in (
+    ("layer1", "784 x 128 + 128", layer1),
+    ("layer2", "128 x 10 + 10", layer2),
+):
     counted = sum(p.numel() for p in getattr(model, name).parameters())
     assert counted == expected
     print(f"{name:<8}{arithmetic:<20}{expected:>10,}{counted:>10,}")
 total = sum(p.numel() for p in model.parameters())
 assert total == layer1 + layer2 == 101_770
 print(f"{'total':<8}{'':<20}{layer1 + layer2:>10,}{total:>10,}")
-print(f"Flatten and ReLU have no parameters. As float32: {total:,} x 4 bytes = {total * 4:,} bytes "
-      f"= {total * 4 / 1024:.1f} KiB")
+nbytes = total * 4
+print("Flatten and ReLU have no parameters.")
+print(f"As float32: {total:,} x 4 bytes = {nbytes:,} bytes = {nbytes / 1024:.1f} KiB")
+
+# %% diagram
+# The model as a picture, top to bottom: each layer with the parameters it holds (from
+# named_parameters and numel) and the shape of what flows out of it, taken from a real
+# forward pass of a batch of 64.
+plt.rcParams["font.size"] = 10
+shapes = {}
+hooks = [
+    layer.register_forward_hook(lambda m, i, out, n=name: shapes.update({n: out.shape}))
+    for name, layer in model.named_children()
+]
+with torch.no_grad():
+    model(torch.zeros(64, 1, 28, 28, device=device))
+for hook in hooks:
+    hook.remove()
+
+
+def describe(layer):
+    """A short name: Linear(784 -> 128) rather than its full repr."""
+    if isinstance(layer, nn.Linear):
+        return f"nn.Linear({layer.in_features} → {layer.out_features})"
+    return f"nn.{type(layer).__name__}()"
+
+
+ARROW = {"arrowstyle": "->", "lw": 1.2}
+
+
+layers = list(model.named_children())
+fig, ax = plt.subplots(figsize=(7, 7.2), layout="constrained")
+ax.set_xlim(0, 8.6)
+ax.set_ylim(-2 * len(layers) - 0.9, 0.4)
+ax.set_axis_off()
+ax.text(3.35, 0, "input: (64, 1, 28, 28), 64 images of 1 × 28 × 28", ha="center")
+top = -0.3  # where the next arrow starts
+for k, (name, layer) in enumerate(layers):
+    y = -1.5 - 2 * k  # the centre of this layer's box
+    params = list(layer.named_parameters())
+    count = sum(p.numel() for _, p in params)
+    ax.annotate("", xy=(3.35, y + 0.6), xytext=(3.35, top), arrowprops=ARROW)
+    colour = "#cfe2f3" if count else "#eeeeee"
+    ax.add_patch(plt.Rectangle((0.2, y - 0.6), 6.3, 1.2, fc=colour, ec="black"))
+    ax.text(0.4, y + 0.22, f"{name}: {describe(layer)}", va="center", weight="bold")
+    parts = " + ".join(f"{p}{tuple(t.shape)} {t.numel():,}" for p, t in params)
+    ax.text(0.4, y - 0.28, parts or "no parameters", va="center")
+    ax.text(6.7, y + 0.22, f"{count:,}", va="center", weight="bold", size=12)
+    ax.text(6.7, y - 0.28, "parameters", va="center")
+    out = f"out: {tuple(shapes[name])}" + (" logits" if k == len(layers) - 1 else "")
+    ax.text(3.55, y - 1.0, out, va="center", color="#444444")
+    top = y - 0.6
+ax.annotate("", xy=(3.35, y - 1.4), xytext=(3.35, top), arrowprops=ARROW)
+total = sum(p.numel() for p in model.parameters())
+footer = f"total: {total:,} parameters × 4 bytes = {4 * total:,} bytes (float32)"
+ax.text(4.3, y - 1.8, footer, ha="center", weight="bold")
+ax.set_title("The MNIST MLP, 784 → 128 → 10: parameters of each layer")
+for name, layer in layers:
+    count = sum(p.numel() for p in layer.parameters())
+    print(f"{name:<8} {describe(layer):<24} {count:>8,} parameters")
+print(f"{'total':<8} {'':<24} {total:>8,} parameters")
+plt.show()

@@ -1,44 +1,67 @@
 # %% setup
-# The complete training loop the lesson only sketches: data, model, loss, optimizer, several epochs of
-# zero_grad -> forward -> loss -> backward -> step, and an evaluation on the test set after every epoch.
-# Shuffling uses a seeded generator, so every run prints the same losses and accuracies.
-import os, socket, sys, contextlib, io, time
+# The complete training loop the lesson only sketches: data, model, loss, optimizer,
+# several epochs of zero_grad -> forward -> loss -> backward -> step, and an evaluation
+# on the test set after every epoch. Shuffling uses a seeded generator, so every run
+# prints the same losses and accuracies.
+import contextlib
+import io
+import os
+import socket
+import sys
+import time
+
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.optim as optim
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
-import matplotlib.pyplot as plt
 
-DATA_ROOT = os.environ.get("LESSON_DATA", "./data")   # the lesson's ./data unless LESSON_DATA says otherwise
+# MNIST is read from ./data, as in the lesson, unless LESSON_DATA names another folder.
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu_name)
+
 
 def load_mnist(train, transform):
-    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and exit 1 if that fails."""
-    socket.setdefaulttimeout(10)            # never hang on a dead network
+    """MNIST from DATA_ROOT, downloaded if it is not there; if that fails, one clear
+    sentence and exit 1."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    quiet = contextlib.redirect_stdout(io.StringIO())  # torchvision lists each mirror
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror it tries
-            return datasets.MNIST(root=DATA_ROOT, train=train, download=True, transform=transform)
+        with quiet:
+            return datasets.MNIST(
+                root=DATA_ROOT, train=train, download=True, transform=transform
+            )
     except Exception as error:
-        sys.exit(f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be downloaded "
-                 f"({type(error).__name__}): connect to the internet, or set LESSON_DATA to a folder "
-                 f"that holds MNIST/raw.")
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            "LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
 
 # %% data
-transform = transforms.Compose([
-    transforms.ToTensor(),                       # uint8 0..255 -> float32 0..1, shape (1, 28, 28)
-    transforms.Normalize((0.1307,), (0.3081,)),  # MNIST's mean and standard deviation
-])
+transform = transforms.Compose(
+    [
+        transforms.ToTensor(),  # uint8 0..255 -> float32 0..1, shape (1, 28, 28)
+        transforms.Normalize((0.1307,), (0.3081,)),  # MNIST's mean and std
+    ]
+)
 train_dataset = load_mnist(True, transform)
 test_dataset = load_mnist(False, transform)
-train_loader = DataLoader(train_dataset, batch_size=64, shuffle=True,
-                          generator=torch.Generator().manual_seed(0))   # same shuffle order on every run
+shuffle = torch.Generator().manual_seed(0)  # the same shuffle order on every run
+train_loader = DataLoader(train_dataset, batch_size=64, shuffle=True, generator=shuffle)
 test_loader = DataLoader(test_dataset, batch_size=1000, shuffle=False)
-print(f"train: {len(train_dataset):,} images in {len(train_loader)} batches of 64 (the last one has "
-      f"{len(train_dataset) % 64})")
+n_train, n_batches = len(train_dataset), len(train_loader)
+last = n_train % 64
+print(
+    f"train: {n_train:,} images in {n_batches} batches of 64 (the last one has {last})"
+)
 print(f"test:  {len(test_dataset):,} images in {len(test_loader)} batches of 1000")
+
 
 # %% model
 class MLP(nn.Module):
@@ -48,28 +71,32 @@ class MLP(nn.Module):
         self.layer1 = nn.Linear(784, 128)
         self.relu = nn.ReLU()
         self.layer2 = nn.Linear(128, 10)
+
     def forward(self, x):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
+
 model = MLP().to(device)
-criterion = nn.CrossEntropyLoss()                       # takes raw logits and integer labels
+criterion = nn.CrossEntropyLoss()  # takes raw logits and integer labels
 optimizer = optim.Adam(model.parameters(), lr=1e-3)
 num_epochs = 2
-print(f"{sum(p.numel() for p in model.parameters()):,} parameters; loss {criterion}; Adam lr 1e-3; "
-      f"{num_epochs} epochs")
+count = sum(p.numel() for p in model.parameters())
+print(f"{count:,} parameters; loss {criterion}; Adam lr 1e-3; {num_epochs} epochs")
+
 
 # %% train-eval
 def train_one_epoch(model, loader, running_every=100):
-    """One pass over the training data; returns the average loss and the running loss every 100 batches."""
+    """One pass over the training data; returns the average loss, and the running
+    loss every 100 batches."""
     model.train()
     total, count, window, running = 0.0, 0, [], []
     for data, target in loader:
         data, target = data.to(device), target.to(device)
-        optimizer.zero_grad()               # forget the previous batch's gradients
-        output = model(data)                # forward: logits, shape (batch, 10)
-        loss = criterion(output, target)    # mean loss over the batch
-        loss.backward()                     # gradients of the loss for every parameter
-        optimizer.step()                    # update the parameters
+        optimizer.zero_grad()  # forget the previous batch's gradients
+        output = model(data)  # forward: logits, shape (batch, 10)
+        loss = criterion(output, target)  # mean loss over the batch
+        loss.backward()  # gradients of the loss for every parameter
+        optimizer.step()  # update the parameters
         total += loss.item() * len(target)
         count += len(target)
         window.append(loss.item())
@@ -77,6 +104,7 @@ def train_one_epoch(model, loader, running_every=100):
             running.append(sum(window) / len(window))
             window = []
     return total / count, running
+
 
 def evaluate(model, loader):
     """Average loss and accuracy on a dataset, without building any autograd graph."""
@@ -90,25 +118,43 @@ def evaluate(model, loader):
             correct += (output.argmax(dim=1) == target).sum().item()
     return total_loss / len(loader.dataset), correct / len(loader.dataset)
 
+
 # %% loop
 history = {"train_loss": [], "test_loss": [], "test_accuracy": [], "running": []}
-print(f"{'epoch':>5} {'train loss':>11} {'test loss':>10} {'test accuracy':>14} {'seconds':>8}")
+print(
+    f"{'epoch':>5} {'train loss':>11} {'test loss':>10} {'test accuracy':>14}", end=""
+)
+print(f" {'seconds':>8}")
 for epoch in range(1, num_epochs + 1):
     start = time.perf_counter()
     train_loss, running = train_one_epoch(model, train_loader)
     test_loss, test_accuracy = evaluate(model, test_loader)
-    seconds = time.perf_counter() - start       # .item() above already waited for the GPU
-    for name, value in [("train_loss", train_loss), ("test_loss", test_loss), ("test_accuracy", test_accuracy)]:
+    seconds = time.perf_counter() - start  # .item() above already waited for the GPU
+    for name, value in [
+        ("train_loss", train_loss),
+        ("test_loss", test_loss),
+        ("test_accuracy", test_accuracy),
+    ]:
         history[name].append(value)
     history["running"] += running
-    print(f"{epoch:>5} {train_loss:>11.4f} {test_loss:>10.4f} {test_accuracy:>14.2%} {seconds:>8.1f}")
+    losses = f"{train_loss:>11.4f} {test_loss:>10.4f}"
+    print(f"{epoch:>5} {losses} {test_accuracy:>14.2%} {seconds:>8.1f}")
 print(f"Final test accuracy: {history['test_accuracy'][-1]:.2%}")
 
 # %% chart
-fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+# Two panels, one above the other, so that a phone shows them at a readable size.
+plt.rcParams["font.size"] = 10
+fig, (loss_ax, acc_ax) = plt.subplots(
+    2, 1, figsize=(7, 6.6), height_ratios=[3, 2], layout="constrained"
+)
 epochs = range(1, num_epochs + 1)
 running_x = [(i + 1) * 100 / len(train_loader) for i in range(len(history["running"]))]
-loss_ax.plot(running_x, history["running"], color="lightsteelblue", label="train loss, mean of each 100 batches")
+loss_ax.plot(
+    running_x,
+    history["running"],
+    color="lightsteelblue",
+    label="train loss, mean of each 100 batches",
+)
 loss_ax.plot(epochs, history["train_loss"], "o-", label="train loss (epoch mean)")
 loss_ax.plot(epochs, history["test_loss"], "s-", label="test loss")
 loss_ax.set_xlabel("epoch")
@@ -121,5 +167,4 @@ acc_ax.set_xlabel("epoch")
 acc_ax.set_ylabel("test accuracy (%)")
 acc_ax.set_title("Test accuracy")
 fig.suptitle("MNIST MLP, Adam lr 1e-3, batch 64")
-plt.tight_layout()
 plt.show()

@@ -57,6 +57,12 @@ def all_output(recording: dict) -> str:
     return "".join(entry["stdout"] for entry in recording["cells"])
 
 
+def prose(text: str) -> str:
+    """Printed text with line breaks and runs of spaces as single spaces: a sentence that a snippet wraps to fit 88
+    columns reads as one line again."""
+    return " ".join(text.split())
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
     """The site built strictly from the committed recordings (torch unimportable during the build).

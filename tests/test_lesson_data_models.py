@@ -21,6 +21,11 @@ def test_image_tensors(recorded):
     assert "3072 = 3 x 32 x 32" in cell_output(rec, "cifar-shape")
     assert "(64, 1, 28, 28)" in cell_output(rec, "batch") and "200,704 bytes = 196.0 KiB" in cell_output(rec, "batch")
     assert "(64, 784)" in cell_output(rec, "flatten") and "(64, 3072)" in cell_output(rec, "flatten")
+    figure = next(c for c in rec["cells"] if c["name"] == "axes-figure")
+    assert "batch (64, 1, 28, 28) -> (64, 784)" in figure["stdout"]     # the shapes came from the tensors
+    assert len(figure["figures"]) == 1
+    alt = figure["figure_descriptions"][0]
+    assert "(N, C, H, W) = (64, 1, 28, 28)" in alt and "nn.Flatten(): (64, 1, 28, 28) -> (64, 784)" in alt
 
 
 def test_preprocessing_finds_the_lessons_constants(recorded):
@@ -54,6 +59,11 @@ def test_mnist_mlp_has_101770_parameters(recorded):
     assert "Params size (MB): 0.41" in torchinfo and torchinfo.count("Total params") == 1   # printed once
     count = cell_output(rec, "count")
     assert "100,480" in count and "1,290" in count and "407,080 bytes = 397.5 KiB" in count
+    diagram = next(c for c in rec["cells"] if c["name"] == "diagram")
+    counts = {line.split()[0]: int(line.split()[-2].replace(",", "")) for line in diagram["stdout"].splitlines()}
+    assert counts == {"flatten": 0, "layer1": 100_480, "relu": 0, "layer2": 1_290, "total": 101_770}
+    assert len(diagram["figures"]) == 1
+    assert diagram["figure_descriptions"][0] == "The MNIST MLP, 784 → 128 → 10: parameters of each layer"
 
 
 def test_cifar_mlp_has_394634_parameters(recorded):

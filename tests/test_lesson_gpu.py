@@ -5,25 +5,26 @@ import ast
 import re
 from pathlib import Path
 
-from conftest import cell_output
+from conftest import cell_output, prose
 
 
 def test_gpu_overhead_falls_back_on_the_cpu_and_says_so(recorded):
     rec = recorded("gpu_overhead")
-    setup = cell_output(rec, "setup")
+    setup = prose(cell_output(rec, "setup"))
     assert "No CUDA device: the CUDA context, cuBLAS workspace and caching allocator exist only on a GPU" in setup
     assert "The MLP's parameters: 407,080 bytes in 4 tensors" in cell_output(rec, "model")
-    assert "the two storages hold exactly 1 and 513 bytes" in cell_output(rec, "block-rounding")
+    assert "the two storages hold exactly 1 and 513 bytes" in prose(cell_output(rec, "block-rounding"))
     assert cell_output(rec, "adds-up").splitlines()[0].split() == ["step", "RSS", "(bytes)", "change"]
 
 
 def test_gpu_overhead_allocator_cell_has_a_labelled_cpu_fallback(recorded):
     text = cell_output(recorded("gpu_overhead"), "cache-released-under-pressure")
-    lines = text.strip().splitlines()
-    assert len(lines) == 2, text
-    assert lines[0].startswith("CPU fallback: there is no caching allocator on the CPU")
-    assert "nothing to measure here" in lines[0]
-    assert "with no empty_cache() call" in lines[1] and "num_alloc_retries" in lines[1]
+    paragraphs = [prose(p) for p in text.strip().split("\n\n")]
+    assert len(paragraphs) == 2, text
+    assert paragraphs[0].startswith("CPU fallback: there is no caching allocator on the CPU")
+    assert "nothing to measure here" in paragraphs[0]
+    assert paragraphs[1].startswith("On a GPU this cell")
+    assert "with no empty_cache() call" in paragraphs[1] and "num_alloc_retries" in paragraphs[1]
     assert not re.search(r"\d", text)                                   # no numbers: nothing was measured
 
 
@@ -56,7 +57,7 @@ def test_memory_timeline_over_two_steps(recorded):
     highest = max(rows.items(), key=lambda item: item[1][1])                      # Adam's highest point
     assert highest[0] == "2: forward" and highest[1][1] > rows["1: forward"][1]
     assert (f"Adam's highest point: {highest[1][1]:,} bytes at '2: forward'. That is the peak memory of a "
-            f"training step (counted tensor bytes)") in table
+            f"training step (counted tensor bytes)") in prose(table)
     chart = rec["cells"][-1]
     assert chart["figures"] and "Memory over two training steps" in chart["figure_descriptions"][0]
 
@@ -68,7 +69,7 @@ def test_estimators_against_counted_bytes(recorded):
     assert "by its formula exactly: 12,219,944 bytes" in summary
     info = cell_output(rec, "torchinfo-estimate")
     assert "0.678504 MB = 678,504 bytes" in info and "4.748904 MB = 4,748,904 bytes" in info
-    measured = cell_output(rec, "measured")
+    measured = prose(cell_output(rec, "measured"))
     assert ("Peak memory of a training step, counted tensor bytes: parameters, gradients, Adam's state, batch, "
             "logits, loss, and what autograd saved for backward") in measured
     assert "batch 64: peak memory of a training step 1,832,116 bytes (counted tensor bytes), at '1: optimizer " \
@@ -79,4 +80,20 @@ def test_estimators_against_counted_bytes(recorded):
     assert "peak (counted bytes)" in compare
     assert re.search(r"^\s+64\s+1,145,384\s+678,504\s+1,832,116\s+1\.60\s+2\.70$", compare, re.M)
     assert re.search(r"^\s+1024\s+12,219,944\s+4,748,904\s+5,046,928\s+0\.41\s+1\.06$", compare, re.M)
-    assert "What both leave out: the parameters' gradients" in compare
+    assert "What both leave out: the parameters' gradients" in prose(compare)
+
+
+def test_gpu_overhead_nested_boxes_cpu_fallback_says_so(recorded):
+    """Without a GPU the nested boxes are drawn from the CPU fallback's own numbers, and the title says so."""
+    rec = recorded("gpu_overhead")
+    cell = next(c for c in rec["cells"] if c["name"] == "nested-boxes")
+    assert len(cell["figures"]) == 1
+    alt = cell["figure_descriptions"][0]
+    assert alt.startswith("CPU fallback (no GPU): tensors ⊂ process RSS ⊂ machine")
+    assert "On a GPU: allocated ⊂ reserved ⊂ nvidia-smi ⊂ device" in alt
+    sizes = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) bytes$", cell["stdout"], re.M)]
+    assert len(sizes) == 3 and sizes == sorted(sizes)                   # each box inside the next
+    # the 4-byte first tensor; parameters, gradients and Adam's two buffers; images, labels and logits of batch
+    # 1024; the loss; the 1- and 513-byte tensors; Adam's four step counters
+    assert sizes[0] == 4 + 4 * 407_080 + 1024 * (784 * 4 + 8 + 10 * 4) + 4 + 1 + 513 + 16 == 4_889_274
+    assert re.search(r"Drawn with (areas to scale|sides on a log scale, areas not to scale)", cell["stdout"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_cells_and_device_line(path):
 def test_mnist_comes_from_lesson_data_with_download(path):
     text = path.read_text()
     assert 'os.environ.get("LESSON_DATA", "./data")' in text
-    assert "datasets.MNIST(root=DATA_ROOT" in text and "download=True" in text
+    assert re.search(r"datasets\.MNIST\(\s*root=DATA_ROOT", text) and "download=True" in text
     assert "CIFAR10(" not in text
 
 
@@ -74,3 +75,31 @@ def test_runs_as_a_plain_script_from_another_directory(tmp_path):
     assert process.returncode == 0, process.stderr
     assert process.stdout.startswith("Device: ")
     assert "(64, 1, 28, 28)" in process.stdout
+
+
+RUFF = Path(sys.executable).parent / "ruff"      # requirements-dev.txt pins it; ruff.toml configures it
+
+
+def run_ruff(*args: str) -> subprocess.CompletedProcess:
+    assert RUFF.exists(), f"ruff not found beside {sys.executable}: pip install -r requirements-dev.txt"
+    return subprocess.run([str(RUFF), *args, str(snippets.SNIPPETS_DIR)], cwd=snippets.ROOT,
+                          capture_output=True, text=True)
+
+
+def test_snippets_are_formatted_by_ruff():
+    process = run_ruff("format", "--check", "--diff")
+    assert process.returncode == 0, "run: ruff format snippets\n" + process.stdout + process.stderr
+
+
+def test_snippets_pass_ruff_check():
+    process = run_ruff("check", "--no-fix", "--output-format", "concise")
+    assert process.returncode == 0, process.stdout + process.stderr
+
+
+@pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.stem)
+def test_no_line_is_longer_than_88_columns(path):
+    """Code, comments and docstrings alike: a chapter shows about 80 columns of code at 1280 px."""
+    long = [f"{path.name}:{number}: {len(line)} columns"
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+            if len(line) > 88]
+    assert not long, "\n".join(long)

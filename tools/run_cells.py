@@ -94,7 +94,7 @@ def run_cell(cell: snippets.Cell, namespace: dict, filename: str, figure_dir: Pa
     for index, number in enumerate(plt.get_fignums(), start=1):
         figure = plt.figure(number)
         path = figure_dir / f"{cell.name}-{index}.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        figure.savefig(path, dpi=200, bbox_inches="tight")
         figures.append(f"{prefix}/{path.name}")
         descriptions.append(_describe(figure))
         plt.close(figure)
