@@ -236,6 +236,8 @@ def test_notebook_pages_render_with_figures(context, server):
 
 WIDTHS = (1280, 390)
 LAYOUT_JS = """async () => {
+    document.querySelectorAll('details').forEach(d => { d.open = true; });      // folded cells are measured too
+    await new Promise(r => setTimeout(r, 50));
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
     const boxes = [...document.querySelectorAll('.md-typeset pre > code, .jp-Notebook pre')].map(el => {
         const cs = getComputedStyle(el);
