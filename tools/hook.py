@@ -47,8 +47,11 @@ _stale: dict[str, str] = {}
 _taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
+@event_priority(-200)       # after mkdocs-jupyter and mkdocs-static-i18n
 def on_files(files, config):
-    """Check every recording once per build, and publish the snippet files so readers can download them."""
+    """Check every recording once per build, publish the snippet files so readers can download them, and give each
+    edition its notebook pages (see ``notebook_files``)."""
+    notebook_files(files, config)
     _stale.clear()
     for problem in recordings.problems():
         _stale.setdefault(f"{problem.name}/{problem.device}", str(problem))
@@ -57,6 +60,25 @@ def on_files(files, config):
         files.append(File(f"snippets/{path.name}", str(snippets.ROOT), config["site_dir"],
                           config["use_directory_urls"]))
     return files
+
+
+def notebook_files(files, config) -> None:
+    """mkdocs-static-i18n remakes every file as a plain File after mkdocs-jupyter has wrapped the notebooks, so the
+    notebooks would be copied as raw JSON instead of rendered (ultrabug/mkdocs-static-i18n#198); and it files them
+    as shared assets, so the Chinese edition would have no notebook pages. Wrap each one again, in place (a new
+    Files object breaks i18n's lookups), at this edition's address: notebooks/NAME/ or zh/notebooks/NAME/."""
+    from mkdocs_jupyter.plugin import NotebookFile
+    i18n = config["plugins"].get("i18n")
+    prefix = "" if i18n is None or i18n.current_language == i18n.default_language else f"{i18n.current_language}/"
+    for index, file in enumerate(list(files)):
+        if isinstance(file, NotebookFile) or not re.fullmatch(r"notebooks/[\w-]+\.ipynb", file.src_uri):
+            continue
+        wrapped = NotebookFile(file, config["use_directory_urls"], config["site_dir"])
+        wrapped.dest_path = prefix + wrapped.dest_path
+        wrapped.abs_dest_path = str(Path(config["site_dir"]) / wrapped.dest_path)
+        wrapped.url = prefix + wrapped.url
+        files.remove(file)
+        files.append(wrapped)
 
 
 def _relative(page, target: str) -> str:
