@@ -361,8 +361,10 @@ def notebook_header(page, config) -> str:
     taught = ""
     if name in _taught:
         chapter, section = _taught[name]
-        plain = re.sub(r"[`*_]", "", section or "")
-        url = get_relative_url(chapter.url, page.url) + (f"#{slugify(plain, '-')}" if section else "")
+        explicit = re.search(r"\s*\{\s*#([\w-]+)[^}]*\}\s*$", section or "")     # `## Title {#id}` (attr_list)
+        plain = re.sub(r"[`*_]", "", (section or "")[:explicit.start()] if explicit else (section or ""))
+        anchor = explicit[1] if explicit else slugify(plain, "-")
+        url = get_relative_url(chapter.url, page.url) + (f"#{anchor}" if section else "")
         title = chapter.title + (f": {plain}" if section else "")
         taught = f' {t(page, "taught_in")} <a href="{html.escape(url)}">{html.escape(title)}</a>.'
     py = get_relative_url(f"snippets/{name}.py", page.url)
