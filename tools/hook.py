@@ -56,6 +56,8 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "times_header": "| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |",
         "whole_file": "whole file", "times_total": "All snippets together, each in its own fresh process: {summary}.",
         "times_on": "on {kind}, **{seconds:.1f} s**",
+        "process resident memory (RSS)": "process resident memory (RSS)",
+        "cuda max_memory_allocated": "cuda max_memory_allocated",
         "hardware_header": "| Device | torch | torchvision | CUDA | Python | Recorded | Snippets |",
         "no_gpu": "All {total} snippets were recorded on a CPU, and **none has been recorded on a GPU yet**: where a "
                   "GPU would print something different, the page's GPU tab says so and says how to record it.",
@@ -74,6 +76,8 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "times_header": "| 代码文件 | 设备 | 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
         "whole_file": "整个文件", "times_total": "全部代码文件合计（每个都在新的进程中运行）：{summary}。",
         "times_on": "{kind} 上 **{seconds:.1f} 秒**",
+        "process resident memory (RSS)": "进程常驻内存 (RSS)",
+        "cuda max_memory_allocated": "CUDA 的 max_memory_allocated",
         "hardware_header": "| 设备 | torch | torchvision | CUDA | Python | 录制日期 | 代码文件数 |",
         "no_gpu": "全部 {total} 个代码文件都在 CPU 上录制，**还没有任何一个在 GPU 上录制过**：凡是 GPU 会输出不同结果的"
                   "地方，页面上的 GPU 标签页都会说明这一点，并给出录制的命令。",
@@ -280,7 +284,7 @@ def computation_times(page) -> str:
                     f"| **{t(page, 'whole_file')}** | **{recording['seconds']:.2f}** | | |")
         for cell in recording["cells"]:
             rows.append(f"| | | {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
-                        f"| {cell['peak_memory_kind']} |")
+                        f"| {WORDS[lang(page)].get(cell['peak_memory_kind'], cell['peak_memory_kind'])} |")
     summary = "; ".join(t(page, "times_on", kind=KIND[device], seconds=seconds) for device, seconds in totals.items())
     return "\n".join(rows) + "\n\n" + t(page, "times_total", summary=summary)
 
