@@ -17,7 +17,7 @@ from site_build import ROOT, build
 from tools import hook, recordings, snippets
 
 CHAPTERS = sorted((ROOT / "docs").rglob("*.md"))                     # both editions
-TEACHING = [ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "chapters").glob("*.md"))]   # both editions
+TEACHING = [*sorted((ROOT / "docs").glob("index*.md")), *sorted((ROOT / "docs" / "chapters").glob("*.md"))]  # both editions
 ALL_CELLS = {(p.stem, c.name): c.source for p in snippets.find() for c in snippets.cells(p)}
 
 

@@ -369,7 +369,7 @@ def notebook_header(page, config) -> str:
         plain = re.sub(r"[`*_]", "", (section or "")[:explicit.start()] if explicit else (section or ""))
         anchor = explicit[1] if explicit else slugify(plain, "-")
         url = get_relative_url(chapter.url, page.url) + (f"#{anchor}" if section else "")
-        title = chapter.title + (f": {plain}" if section else "")
+        title = chapter.title + (("：" if lang(page) == "zh" else ": ") + plain if section else "")
         taught = f' {t(page, "taught_in")} <a href="{html.escape(url)}">{html.escape(title)}</a>.'
     py = get_relative_url(f"snippets/{name}.py", page.url)
     return (f'<h1>{html.escape(page.title)}</h1>\n'
