@@ -367,3 +367,31 @@ def test_the_last_chapter_does_not_lead_into_the_notebooks(context, server):
     page = Visit(context, server).open(last)
     nexts = page.locator("a.md-footer__link--next")
     assert nexts.count() == 0 or "notebooks/" not in nexts.first.get_attribute("href")
+
+
+# The two editions (mkdocs-static-i18n): the language switch and Chinese search.
+
+@pytest.mark.parametrize("start, other", [("chapters/models/", "zh/chapters/models/"),
+                                          ("zh/chapters/real-gpu/", "chapters/real-gpu/")])
+def test_the_language_switch_lands_on_the_same_page_in_the_other_edition(context, server, start, other):
+    page = Visit(context, server).open(start)
+    target = "zh" if not start.startswith("zh/") else "en"
+    page.locator(".md-header__option .md-select").first.hover()
+    link = page.locator(f"a.md-select__link[hreflang='{target}']").first
+    link.wait_for(state="visible")
+    link.click()
+    page.wait_for_load_state()
+    assert page.url == server + other
+    assert page.evaluate("document.documentElement.lang") == ("zh" if target == "zh" else "en")
+
+
+@pytest.mark.parametrize("query, chapter", [("显存", ("zh/chapters/memory-arithmetic/", "zh/chapters/real-gpu/")),
+                                            ("批量大小", ("zh/chapters/batch-size/", "zh/chapters/models/"))])
+def test_chinese_search_finds_the_chapter(context, server, query, chapter):
+    page = Visit(context, server).open("zh/")
+    page.locator("input.md-search__input").click()
+    page.keyboard.type(query)
+    first = page.locator("li.md-search-result__item a").first
+    first.wait_for(timeout=10_000)
+    href = urljoin(page.url, first.get_attribute("href"))
+    assert href.startswith(tuple(server + c for c in chapter)), href

@@ -16,8 +16,8 @@ from bs4 import BeautifulSoup
 from site_build import ROOT, build
 from tools import hook, recordings, snippets
 
-CHAPTERS = sorted((ROOT / "docs").rglob("*.md"))
-TEACHING = [ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "chapters").glob("*.md"))]
+CHAPTERS = sorted((ROOT / "docs").rglob("*.md"))                     # both editions
+TEACHING = [*sorted((ROOT / "docs").glob("index*.md")), *sorted((ROOT / "docs" / "chapters").glob("*.md"))]  # both editions
 ALL_CELLS = {(p.stem, c.name): c.source for p in snippets.find() for c in snippets.cells(p)}
 
 
@@ -107,9 +107,9 @@ def test_no_page_requests_another_origin(site):
 
 UNIT = {"byte": r"(?:bytes?|B)\b", "bytes": r"(?:bytes?|B)\b", "B": r"(?:bytes?|B)\b", "KiB": r"KiB", "MiB": r"MiB",
         "GiB": r"GiB", "kB": r"kB", "KB": r"(?:KB|kB)", "MB": r"MB", "GB": r"GB", "%": r"\s?%", "×": r"(?:×|x\b)",
-        "times": r"(?:×|x\b|times)"}
-NUMBER = re.compile(r"(?<![\w.,])(?P<number>\d[\d,]*(?:\.\d+)?)(?:(?:\s?(?P<unit>bytes|byte|B|KiB|MiB|GiB|kB|KB|MB|GB|%|times)"
-                    r"|(?P<attached>×))(?!\w))?")
+        "times": r"(?:×|x\b|times)", "字节": r"(?:bytes?|B)\b", "倍": r"(?:×|x\b|times)"}
+NUMBER = re.compile(r"(?<![A-Za-z0-9_.,])(?P<number>\d[\d,]*(?:\.\d+)?)(?:(?:\s?(?P<unit>bytes|byte|B|KiB|MiB|GiB|kB|KB|MB|GB|%|times"
+                    r"|字节|倍)(?![A-Za-z]))|(?P<attached>×)(?![A-Za-z]))?")
 
 
 def prose(text: str) -> str:
@@ -155,6 +155,7 @@ def test_the_prose_number_check_catches_small_numbers_with_units():
     assert unbacked_numbers("472 bytes wasted, 32 MiB of workspace, about 5% more, 4,096 steps, 397.5 KiB.",
                             outputs) == ["472 bytes", "32 MiB", "5%", "4,096", "397.5 KiB"]
     assert unbacked_numbers("The lesson says “about 403 KB”; a `1024 * 1024` divisor; 1 KiB, 1 MiB.", outputs) == []
+    assert unbacked_numbers("参数共407,080字节，快9.7倍；浪费472字节，约5%。", outputs) == ["472字节", "5%"]
 
 
 def test_numbers_in_prose_are_printed_by_a_snippet():

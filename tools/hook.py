@@ -43,12 +43,66 @@ TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
 FLAGS = {"no-code", "no-output", "gpu", "collapsed"}
 KIND = {"cuda": "GPU", "cpu": "CPU"}
+WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chinese edition under zh/)
+    "en": {
+        "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded yet",
+        "not_recorded": "Not recorded on a GPU yet: on a machine with CUDA, run `{command}`.",
+        "silent": "This cell printed nothing here.", "folded": "{where} (the code, folded: open it to read it)",
+        "stale": "Stale or missing recording", "missing_snippet": "Missing snippet", "missing_cell": "Missing cell",
+        "recorded_on": "recorded on", "and_on": " and on ", "notebook": "notebook",
+        "run_yourself": "Run this page's code yourself:",
+        "taught_in": "Taught in", "download": "Download", "colab": "Open in Colab",
+        "downloads_label": "Downloads for this notebook",
+        "times_header": "| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |",
+        "whole_file": "whole file", "times_total": "All snippets together, each in its own fresh process: {summary}.",
+        "times_on": "on {kind}, **{seconds:.1f} s**",
+        "process resident memory (RSS)": "process resident memory (RSS)",
+        "cuda max_memory_allocated": "cuda max_memory_allocated",
+        "hardware_header": "| Device | torch | torchvision | CUDA | Python | Recorded | Snippets |",
+        "no_gpu": "All {total} snippets were recorded on a CPU, and **none has been recorded on a GPU yet**: where a "
+                  "GPU would print something different, the page's GPU tab says so and says how to record it.",
+        "some_gpu": "All {total} snippets were recorded on a CPU; {on_gpu} of them also on a GPU, shown in a GPU tab "
+                    "beside the CPU one.",
+    },
+    "zh": {
+        "output": "输出", "stderr": "标准错误与警告 (stderr, warnings)", "not_recorded_tab": "GPU · 尚未录制",
+        "not_recorded": "尚未在 GPU 上录制：在有 CUDA 的机器上运行 `{command}`。",
+        "silent": "这个单元在此没有输出。", "folded": "{where}（代码已折叠，展开即可阅读）",
+        "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
+        "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
+        "run_yourself": "自己运行本页的代码：",
+        "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
+        "downloads_label": "本笔记本的下载",
+        "times_header": "| 代码文件 | 设备 | 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
+        "whole_file": "整个文件", "times_total": "全部代码文件合计（每个都在新的进程中运行）：{summary}。",
+        "times_on": "{kind} 上 **{seconds:.1f} 秒**",
+        "process resident memory (RSS)": "进程常驻内存 (RSS)",
+        "cuda max_memory_allocated": "CUDA 的 max_memory_allocated",
+        "hardware_header": "| 设备 | torch | torchvision | CUDA | Python | 录制日期 | 代码文件数 |",
+        "no_gpu": "全部 {total} 个代码文件都在 CPU 上录制，**还没有任何一个在 GPU 上录制过**：凡是 GPU 会输出不同结果的"
+                  "地方，页面上的 GPU 标签页都会说明这一点，并给出录制的命令。",
+        "some_gpu": "全部 {total} 个代码文件都在 CPU 上录制；其中 {on_gpu} 个也在 GPU 上录制，显示在 CPU 标签页旁边的 GPU "
+                    "标签页中。",
+    },
+}
+
+
+def lang(page) -> str:
+    """The page's edition: 'zh' under zh/, else 'en'."""
+    return "zh" if page is not None and page.url.startswith("zh/") else "en"
+
+
+def t(page, key: str, **values) -> str:
+    return WORDS[lang(page)][key].format(**values)
 _stale: dict[str, str] = {}
 _taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
+@event_priority(-200)       # after mkdocs-jupyter and mkdocs-static-i18n
 def on_files(files, config):
-    """Check every recording once per build, and publish the snippet files so readers can download them."""
+    """Check every recording once per build, publish the snippet files so readers can download them, and give each
+    edition its notebook pages (see ``notebook_files``)."""
+    notebook_files(files, config)
     _stale.clear()
     for problem in recordings.problems():
         _stale.setdefault(f"{problem.name}/{problem.device}", str(problem))
@@ -57,6 +111,25 @@ def on_files(files, config):
         files.append(File(f"snippets/{path.name}", str(snippets.ROOT), config["site_dir"],
                           config["use_directory_urls"]))
     return files
+
+
+def notebook_files(files, config) -> None:
+    """mkdocs-static-i18n remakes every file as a plain File after mkdocs-jupyter has wrapped the notebooks, so the
+    notebooks would be copied as raw JSON instead of rendered (ultrabug/mkdocs-static-i18n#198); and it files them
+    as shared assets, so the Chinese edition would have no notebook pages. Wrap each one again, in place (a new
+    Files object breaks i18n's lookups), at this edition's address: notebooks/NAME/ or zh/notebooks/NAME/."""
+    from mkdocs_jupyter.plugin import NotebookFile
+    i18n = config["plugins"].get("i18n")
+    prefix = "" if i18n is None or i18n.current_language == i18n.default_language else f"{i18n.current_language}/"
+    for index, file in enumerate(list(files)):
+        if isinstance(file, NotebookFile) or not re.fullmatch(r"notebooks/[\w-]+\.ipynb", file.src_uri):
+            continue
+        wrapped = NotebookFile(file, config["use_directory_urls"], config["site_dir"])
+        wrapped.dest_path = prefix + wrapped.dest_path
+        wrapped.abs_dest_path = str(Path(config["site_dir"]) / wrapped.dest_path)
+        wrapped.url = prefix + wrapped.url
+        files.remove(file)
+        files.append(wrapped)
 
 
 def _relative(page, target: str) -> str:
@@ -77,8 +150,9 @@ def stamp(found: dict[str, dict], page) -> str:
     runs = [f"**{tab_label(r)}** (torch {r['environment']['torch']}"
             + (f", CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
             + f", {r['environment']['recorded_at'][:10]}, {r['seconds']:.1f} s)" for r in found.values()]
-    return (f"[{snippet}]({_relative(page, snippet)}) · [notebook]({_relative(page, f'notebooks/{name}.ipynb')}) · "
-            f"recorded on {' and on '.join(runs)}\n{{: .cell-stamp }}")
+    return (f"[{snippet}]({_relative(page, snippet)}) · [{t(page, 'notebook')}]"
+            f"({_relative(page, f'notebooks/{name}.ipynb')}) · "
+            f"{t(page, 'recorded_on')} {t(page, 'and_on').join(runs)}\n{{: .cell-stamp }}")
 
 
 def fence(text: str, language: str, title: str, css_class: str = "") -> str:
@@ -96,10 +170,10 @@ def outputs(result: dict, page) -> str:
     """A recorded cell's stdout, its stderr and warnings (styled apart) and its figures; '' when it has none."""
     parts = []
     if result["stdout"]:
-        parts.append(fence(result["stdout"], "text", "Output"))
+        parts.append(fence(result["stdout"], "text", t(page, "output")))
     errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
     if errors:
-        parts.append(fence(errors, "text", "stderr and warnings", "cell-stderr"))
+        parts.append(fence(errors, "text", t(page, "stderr"), "cell-stderr"))
     for figure, description in zip(result["figures"], result["figure_descriptions"]):
         parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
     return "\n\n".join(parts)
@@ -112,33 +186,33 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
     where = f"{page.file.src_uri}: <!-- cell: {snippet_name}/{cell_name} -->"
     if not path.exists():
         log.warning("%s names a snippet that does not exist (%s)", where, path)
-        return f'!!! failure "Missing snippet"\n    `{snippet_name}` does not exist.'
+        return f'!!! failure "{t(page, "missing_snippet")}"\n    `{snippet_name}` does not exist.'
     cell = next((c for c in snippets.cells(path) if c.name == cell_name), None)
     if cell is None or flags - FLAGS:
         log.warning("%s: no cell %r in %s, or unknown flags %s", where, cell_name, path.name, flags - FLAGS or "")
-        return f'!!! failure "Missing cell"\n    `{snippet_name}/{cell_name}` does not exist.'
+        return f'!!! failure "{t(page, "missing_cell")}"\n    `{snippet_name}/{cell_name}` does not exist.'
     code = fence(cell.source, "python", f"{path.name} · {cell.name}")
     found = recordings.load_all(snippet_name)
     stale = [_stale[f"{snippet_name}/{device}"] for device in recordings.DEVICES if f"{snippet_name}/{device}" in _stale]
     if stale or recordings.REQUIRED not in found:
         reason = "\n\n    ".join(stale) or "no recording"
-        return f'!!! failure "Stale or missing recording"\n    {reason}\n\n{code}'
+        return f'!!! failure "{t(page, "stale")}"\n    {reason}\n\n{code}'
     if "collapsed" in flags:
-        code = f'??? example "{path.name} · {cell.name} (the code, folded: open it to read it)"\n\n{_indent(code)}'
+        code = f'??? example "{t(page, "folded", where=f"{path.name} · {cell.name}")}"\n\n{_indent(code)}'
     parts = [] if "no-code" in flags else [code]
     blocks = [(tab_label(recording), outputs(next(r for r in recording["cells"] if r["name"] == cell_name), page))
               for recording in found.values()] if "no-output" not in flags else []
     if any(body for _, body in blocks):
         selected = 0
         if len(blocks) == 1 and "gpu" in flags:
-            blocks.insert(0, ("GPU · not recorded yet", f"Not recorded on a GPU yet: on a machine with CUDA, run "
-                                                        f"`python -m tools.record --device cuda {snippet_name}`."))
+            blocks.insert(0, (t(page, "not_recorded_tab"),
+                              t(page, "not_recorded", command=f"python -m tools.record --device cuda {snippet_name}")))
             selected = 1
         if len(blocks) == 1:
             parts.append(blocks[0][1])
         else:
             parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n'
-                                     f'{_indent(body or "This cell printed nothing here.")}'
+                                     f'{_indent(body or t(page, "silent"))}'
                                      for index, (label, body) in enumerate(blocks)))
     if with_stamp:
         parts.append(stamp(found, page))
@@ -175,7 +249,7 @@ def snippet_links(markdown: str, page, config) -> str:
              f"[.py]({_relative(page, f'snippets/{name}.py')}) · "
              f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb))"
              for name in names]
-    links = ("\n\n<div class=\"snippet-links\" markdown>\n**Run this page's code yourself:** "
+    links = (f"\n\n<div class=\"snippet-links\" markdown>\n**{t(page, 'run_yourself')}** "
              + ", ".join(items) + "\n</div>\n")
     return markdown[:heading.end()] + links + markdown[heading.end():]
 
@@ -202,17 +276,17 @@ def _all_recordings():
 
 
 def computation_times(page) -> str:
-    rows = ["| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |", "|---|---|---|--:|--:|---|"]
+    rows = [t(page, "times_header"), "|---|---|---|--:|--:|---|"]
     totals: dict[str, float] = {}
     for name, device, recording in _all_recordings():
         totals[device] = totals.get(device, 0) + recording["seconds"]
         rows.append(f"| [{name}]({_relative(page, f'notebooks/{name}.ipynb')}) | {tab_label(recording)} "
-                    f"| **whole file** | **{recording['seconds']:.2f}** | | |")
+                    f"| **{t(page, 'whole_file')}** | **{recording['seconds']:.2f}** | | |")
         for cell in recording["cells"]:
             rows.append(f"| | | {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
-                        f"| {cell['peak_memory_kind']} |")
-    summary = "; ".join(f"on {KIND[device]}, **{seconds:.1f} s**" for device, seconds in totals.items())
-    return "\n".join(rows) + f"\n\nAll snippets together, each in its own fresh process: {summary}."
+                        f"| {WORDS[lang(page)].get(cell['peak_memory_kind'], cell['peak_memory_kind'])} |")
+    summary = "; ".join(t(page, "times_on", kind=KIND[device], seconds=seconds) for device, seconds in totals.items())
+    return "\n".join(rows) + "\n\n" + t(page, "times_total", summary=summary)
 
 
 def recorded_hardware(page) -> str:
@@ -222,17 +296,11 @@ def recorded_hardware(page) -> str:
         key = (f"{KIND[device]} · {env['device_name']}", env["torch"], env["torchvision"], env["cuda"] or "—",
                env["python"], env["recorded_at"][:10])
         machines.setdefault(key, []).append(name)
-    rows = ["| Device | torch | torchvision | CUDA | Python | Recorded | Snippets |", "|---|---|---|---|---|---|---|"]
+    rows = [t(page, "hardware_header"), "|---|---|---|---|---|---|---|"]
     rows += [f"| {' | '.join(key)} | {len(names)} |" for key, names in machines.items()]
     total = len(snippets.find())
     on_gpu = sum(1 for path in snippets.find() if recordings.path_for(path.stem, "cuda").exists())
-    if on_gpu == 0:
-        summary = (f"All {total} snippets were recorded on a CPU, and **none has been recorded on a GPU yet**: "
-                   "where a GPU would print something different, the page's GPU tab says so and says how to "
-                   "record it.")
-    else:
-        summary = (f"All {total} snippets were recorded on a CPU; {on_gpu} of them also on a GPU, shown in a GPU "
-                   "tab beside the CPU one.")
+    summary = t(page, "no_gpu", total=total) if on_gpu == 0 else t(page, "some_gpu", total=total, on_gpu=on_gpu)
     return "\n".join(rows) + "\n\n" + summary
 
 
@@ -297,15 +365,17 @@ def notebook_header(page, config) -> str:
     taught = ""
     if name in _taught:
         chapter, section = _taught[name]
-        plain = re.sub(r"[`*_]", "", section or "")
-        url = get_relative_url(chapter.url, page.url) + (f"#{slugify(plain, '-')}" if section else "")
-        title = chapter.title + (f": {plain}" if section else "")
-        taught = f' Taught in <a href="{html.escape(url)}">{html.escape(title)}</a>.'
+        explicit = re.search(r"\s*\{\s*#([\w-]+)[^}]*\}\s*$", section or "")     # `## Title {#id}` (attr_list)
+        plain = re.sub(r"[`*_]", "", (section or "")[:explicit.start()] if explicit else (section or ""))
+        anchor = explicit[1] if explicit else slugify(plain, "-")
+        url = get_relative_url(chapter.url, page.url) + (f"#{anchor}" if section else "")
+        title = chapter.title + (("：" if lang(page) == "zh" else ": ") + plain if section else "")
+        taught = f' {t(page, "taught_in")} <a href="{html.escape(url)}">{html.escape(title)}</a>.'
     py = get_relative_url(f"snippets/{name}.py", page.url)
     return (f'<h1>{html.escape(page.title)}</h1>\n'
             f'<p class="notebook-intro">{html.escape(header_sentence(name))}{taught}</p>\n'
-            f'<nav class="notebook-links" aria-label="Downloads for this notebook">'
-            f'<a class="md-button" href="{name}.ipynb" download>Download {name}.ipynb</a> '
-            f'<a class="md-button" href="{html.escape(py)}" download>Download {name}.py</a> '
+            f'<nav class="notebook-links" aria-label="{t(page, "downloads_label")}">'
+            f'<a class="md-button" href="{name}.ipynb" download>{t(page, "download")} {name}.ipynb</a> '
+            f'<a class="md-button" href="{html.escape(py)}" download>{t(page, "download")} {name}.py</a> '
             f'<a class="md-button" href="https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/'
-            f'{name}.ipynb">Open in Colab</a></nav>\n')
+            f'{name}.ipynb">{t(page, "colab")}</a></nav>\n')

@@ -42,6 +42,13 @@ def _parse(css: str) -> tuple:
 
 
 def purge(css: str, classes: set[str]) -> str:
+    return _purged(css, frozenset(classes))
+
+
+@functools.lru_cache(maxsize=256)
+def _purged(css: str, classes: frozenset[str]) -> str:
+    """Cached per build: the Chinese edition's notebook pages carry the same stylesheet and classes as the English
+    ones, so each is slimmed once."""
     return _keep(_parse(css), classes)
 
 

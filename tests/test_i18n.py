@@ -1,0 +1,71 @@
+"""The two editions: English at /, Chinese at /zh/, from the same recordings (mkdocs-static-i18n, suffix layout)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from site_build import ROOT
+from tools import hook
+
+DOCS = ROOT / "docs"
+ENGLISH = sorted(p for p in DOCS.rglob("*.md") if not p.name.endswith(".zh.md"))
+
+
+def markers(path: Path) -> list[str]:
+    """Every marker the hook expands, in order: cells (with their flags), gpu-only/cpu-only blocks and tables."""
+    text = path.read_text(encoding="utf-8")
+    return re.findall(r"<!--\s*((?:cell:|/?gpu-only|/?cpu-only|computation-times|recorded-hardware)[^>]*?)\s*-->", text)
+
+
+@pytest.mark.parametrize("english", ENGLISH, ids=lambda p: str(p.relative_to(DOCS)))
+def test_every_page_has_a_chinese_edition_with_the_same_cells_in_the_same_order(english):
+    chinese = english.with_name(english.name.removesuffix(".md") + ".zh.md")
+    assert chinese.exists(), f"{chinese.relative_to(ROOT)} is missing"
+    assert markers(chinese) == markers(english)
+    text = chinese.read_text(encoding="utf-8")
+    assert len(re.findall(r"[\u4e00-\u9fff]", text)) > 50, "not written in Chinese"
+
+
+def test_both_editions_are_built_with_the_same_outputs(site):
+    for english in ENGLISH:
+        page = english.relative_to(DOCS).with_suffix("")
+        url = Path("") if page.name == "index" and page.parent == Path(".") else (
+            page.parent if page.name == "index" else page)
+        en, zh = site / url / "index.html", site / "zh" / url / "index.html"
+        assert en.exists() and zh.exists(), url
+        en_soup, zh_soup = (BeautifulSoup(p.read_text(encoding="utf-8"), "html.parser") for p in (en, zh))
+        assert zh_soup.html["lang"] == "zh" and en_soup.html["lang"] == "en"
+        code = [[c.get_text() for c in soup.select("div.language-python pre code")] for soup in (en_soup, zh_soup)]
+        assert code[0] == code[1], f"{url}: the editions show different code"
+        images = [[i["src"].split("outputs/")[-1] for i in soup.select("img[src*='outputs/']")]
+                  for soup in (en_soup, zh_soup)]
+        assert images[0] == images[1], f"{url}: the editions show different figures"
+    for notebook in (site / "notebooks").glob("*/index.html"):
+        twin = site / "zh" / "notebooks" / notebook.parent.name / "index.html"
+        text = twin.read_text(encoding="utf-8")
+        assert '"cells": [' not in text[:2000] and "jp-Notebook" in text, f"{twin} is not a rendered notebook"
+
+
+def test_the_hooks_own_words_are_chinese_in_the_chinese_edition(site):
+    zh = (site / "zh" / "chapters" / "models" / "index.html").read_text(encoding="utf-8")
+    en = (site / "chapters" / "models" / "index.html").read_text(encoding="utf-8")
+    assert "录制于" in zh and "recorded on" not in BeautifulSoup(zh, "html.parser").select_one("p.cell-stamp").get_text()
+    assert '<span class="filename">输出</span>' in zh and '<span class="filename">Output</span>' in en
+    notebook = (site / "zh" / "notebooks" / "mnist_mlp" / "index.html").read_text(encoding="utf-8")
+    assert "讲解见" in notebook and "在 Colab 中打开" in notebook
+    assert set(hook.WORDS["en"]) == set(hook.WORDS["zh"])
+
+
+def test_chinese_search_index_is_segmented_and_english_is_untouched(site):
+    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert index["config"]["lang"] == ["en", "zh"]
+    zh_docs = [d for d in index["docs"] if d["location"].startswith("zh/")]
+    en_docs = [d for d in index["docs"] if not d["location"].startswith("zh/")]
+    assert zh_docs and en_docs
+    assert any("\u200b" in d["text"] for d in zh_docs)              # jieba's word boundaries
+    assert not any("\u200b" in d["text"] for d in en_docs)
+    assert not any(d["location"].startswith(("notebooks/", "zh/notebooks/")) for d in index["docs"])
