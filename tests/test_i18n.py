@@ -60,13 +60,22 @@ def test_the_hooks_own_words_are_chinese_in_the_chinese_edition(site):
     assert set(hook.WORDS["en"]) == set(hook.WORDS["zh"])
 
 
-def test_chinese_search_index_is_segmented_and_english_is_untouched(site):
-    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    assert index["config"]["lang"] == ["en", "zh"]
-    zh_docs = [d for d in index["docs"] if d["location"].startswith("zh/")]
-    en_docs = [d for d in index["docs"] if not d["location"].startswith("zh/")]
-    assert zh_docs and en_docs
+def test_each_edition_has_its_own_search_index_and_chinese_is_segmented(site):
+    """search/ holds the English pages, zh/search/ the Chinese ones: a search never answers in the other language."""
+    english = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    chinese = json.loads((site / "zh" / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert english["config"]["lang"] == ["en"] and chinese["config"]["lang"] == ["zh"]
+    assert "\\u200b" in chinese["config"]["separator"]             # the regular expression's escape
+    en_docs, zh_docs = english["docs"], chinese["docs"]
+    assert en_docs and zh_docs
+    titles = {d["location"].split("#")[0] for d in zh_docs}
+    assert "chapters/memory-arithmetic/" in titles and not any(t.startswith("zh/") for t in titles)
     assert any("\u200b" in d["text"] for d in zh_docs)              # jieba's word boundaries
+    assert sum(bool(re.search(r"[\u4e00-\u9fff]", d["text"])) for d in zh_docs) > len(zh_docs) / 2
     # English text is left as it is: only sections that contain Chinese (the glossary's column) are segmented
     assert not any("\u200b" in d["text"] for d in en_docs if not re.search(r"[\u4e00-\u9fff]", d["text"]))
-    assert not any(d["location"].startswith(("notebooks/", "zh/notebooks/")) for d in index["docs"])
+    for index in (en_docs, zh_docs):
+        assert not any(d["location"].startswith("notebooks/") for d in index)
+    for name in ("chapters/models", "index"):
+        page = (site / "zh" / name.replace("index", "") / "index.html").read_text(encoding="utf-8")
+        assert re.search(r'"base": "[./]*/?zh/"', page), name

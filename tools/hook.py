@@ -18,6 +18,7 @@ Markers:
 from __future__ import annotations
 
 import html
+import json
 import logging
 import posixpath
 import re
@@ -305,8 +306,38 @@ def recorded_hardware(page) -> str:
 
 
 def on_post_page(output, page, config):
-    """Notebook pages: only the stylesheet rules they use, and keyboard-scrollable code boxes."""
-    return notebook_pages.slim(output) if page.file.src_uri.startswith("notebooks/") else output
+    """Notebook pages: only the stylesheet rules they use, and keyboard-scrollable code boxes. Chinese pages: the
+    search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the site's base."""
+    if page.file.src_uri.startswith("notebooks/"):
+        output = notebook_pages.slim(output)
+    if lang(page) == "zh":
+        output = re.sub(r'(<script id="__config" type="application/json">[^<]*?"base":\s*")([^"]*)(")',
+                        lambda m: f"{m[1]}{m[2]}/zh/{m[3]}", output, count=1)
+    return output
+
+
+@event_priority(-200)       # after mkdocs-static-i18n has built every edition and written the joint search index
+def on_post_build(config):
+    """One search index per edition, so that a search never answers in the other language: search/ keeps the English
+    pages, zh/search/ the Chinese ones (their locations relative to zh/), each with its own language pipeline."""
+    i18n = config["plugins"].get("i18n")
+    if i18n is None or i18n.building:
+        return
+    path = Path(config["site_dir"]) / "search" / "search_index.json"
+    if not path.exists():
+        return
+    index = json.loads(path.read_text(encoding="utf-8"))
+    zh = [dict(d, location=d["location"].removeprefix("zh/")) for d in index["docs"] if d["location"].startswith("zh/")]
+    en = [d for d in index["docs"] if not d["location"].startswith("zh/")]
+    path.write_text(json.dumps(dict(index, docs=en, config=dict(index["config"], lang=["en"])),
+                               ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    sitemap = Path(config["site_dir"]) / "sitemap.xml"      # Material's language switch reads it beside the base
+    if sitemap.exists():
+        (Path(config["site_dir"]) / "zh" / "sitemap.xml").write_bytes(sitemap.read_bytes())
+    target = Path(config["site_dir"]) / "zh" / "search" / "search_index.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(dict(index, docs=zh, config=dict(index["config"], lang=["zh"])),
+                                 ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
 
 def on_page_markdown(markdown, page, config, files):
