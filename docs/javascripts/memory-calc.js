@@ -29,34 +29,55 @@
   function layerTooSmall(i) { return "Each layer size must be at least 1; size " + i + " is not."; }
   function layerTooBig(i) { return "Each layer size can be at most " + group(MAX_SIZE) + "; size " + i + " is bigger."; }
 
+  // The Chinese edition (docs/calculator.zh.md, <html lang="zh">): the same messages, lines and details in Chinese.
+  // The English ones above stay as they are: tools/memory_calc.py and the test vectors check them.
+  function zh() { return /^zh/i.test((typeof document !== "undefined" && document.documentElement.lang) || ""); }
+  var CHINESE = {
+    layersEmpty: "请输入各层大小，例如 784, 128, 10。",
+    layersTooFew: "至少要给出两个大小：输入大小和类别数。",
+    layersTooMany: "最多给出 " + MAX_SIZES + " 个大小。",
+    batchEmpty: "请输入批量大小，例如 64。",
+    batchTooSmall: "批量大小至少为 1。",
+    batchTooBig: "批量大小最多为 " + group(MAX_BATCH) + "。",
+    batchNotWhole: "批量大小必须是用数字写成的整数，例如 64。",
+    layerNotWhole: function (i) { return "各层大小必须是用数字写成的整数；第 " + i + " 个大小不是。"; },
+    layerTooSmall: function (i) { return "每个层大小至少为 1；第 " + i + " 个大小不是。"; },
+    layerTooBig: function (i) { return "每个层大小最多为 " + group(MAX_SIZE) + "；第 " + i + " 个大小超过了。"; },
+    optimizers: { sgd: "SGD", "sgd-momentum": "带动量的 SGD", adam: "Adam" },
+    noResult: "没有结果：",
+    fixField: "没有结果：请修正上面标出的字段。",
+    memoryFor: "一个步骤所需的内存："
+  };
+  function say(english, key) { return zh() ? CHINESE[key] : english; }
+
   // The layer-sizes field → an array of BigInt; throws an Error whose message is shown next to the field.
   function parseLayers(text) {
     var tokens = String(text).split(SEPARATORS).filter(function (t) { return t !== ""; });
-    if (tokens.length === 0) throw new Error(LAYERS_EMPTY);
+    if (tokens.length === 0) throw new Error(say(LAYERS_EMPTY, "layersEmpty"));
     var sizes = [];
     for (var i = 0; i < tokens.length; i++) {
       var token = tokens[i], position = i + 1;
-      if (NEGATIVE.test(token)) throw new Error(layerTooSmall(position));
-      if (!DIGITS.test(token)) throw new Error(layerNotWhole(position));
+      if (NEGATIVE.test(token)) throw new Error(say(layerTooSmall, "layerTooSmall")(position));
+      if (!DIGITS.test(token)) throw new Error(say(layerNotWhole, "layerNotWhole")(position));
       var size = BigInt(token);
-      if (size < 1n) throw new Error(layerTooSmall(position));
-      if (size > MAX_SIZE) throw new Error(layerTooBig(position));
+      if (size < 1n) throw new Error(say(layerTooSmall, "layerTooSmall")(position));
+      if (size > MAX_SIZE) throw new Error(say(layerTooBig, "layerTooBig")(position));
       sizes.push(size);
     }
-    if (sizes.length < MIN_SIZES) throw new Error(LAYERS_TOO_FEW);
-    if (sizes.length > MAX_SIZES) throw new Error(LAYERS_TOO_MANY);
+    if (sizes.length < MIN_SIZES) throw new Error(say(LAYERS_TOO_FEW, "layersTooFew"));
+    if (sizes.length > MAX_SIZES) throw new Error(say(LAYERS_TOO_MANY, "layersTooMany"));
     return sizes;
   }
 
   // The batch-size field → a BigInt; throws like parseLayers.
   function parseBatch(text) {
     var token = String(text).replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
-    if (token === "") throw new Error(BATCH_EMPTY);
-    if (NEGATIVE.test(token)) throw new Error(BATCH_TOO_SMALL);
-    if (!DIGITS.test(token)) throw new Error(BATCH_NOT_WHOLE);
+    if (token === "") throw new Error(say(BATCH_EMPTY, "batchEmpty"));
+    if (NEGATIVE.test(token)) throw new Error(say(BATCH_TOO_SMALL, "batchTooSmall"));
+    if (!DIGITS.test(token)) throw new Error(say(BATCH_NOT_WHOLE, "batchNotWhole"));
     var batch = BigInt(token);
-    if (batch < 1n) throw new Error(BATCH_TOO_SMALL);
-    if (batch > MAX_BATCH) throw new Error(BATCH_TOO_BIG);
+    if (batch < 1n) throw new Error(say(BATCH_TOO_SMALL, "batchTooSmall"));
+    if (batch > MAX_BATCH) throw new Error(say(BATCH_TOO_BIG, "batchTooBig"));
     return batch;
   }
 
@@ -107,6 +128,7 @@
   function count(n, noun) { return group(n) + " " + noun + (BigInt(n) === 1n ? "" : "s"); }
 
   function details(layers, batch, dtype, optimizer, mode, parts) {
+    if (zh()) return detailsZh(layers, batch, dtype, optimizer, mode, parts);
     var s = ITEMSIZE[dtype], b = group(batch), training = mode === "training";
     var nParams = parts.parameters.length;
     var values = sum(parts.parameters) / s;
@@ -138,7 +160,41 @@
     };
   }
 
+  function detailsZh(layers, batch, dtype, optimizer, mode, parts) {
+    var s = ITEMSIZE[dtype], b = group(batch), training = mode === "training";
+    var nParams = parts.parameters.length;
+    var values = sum(parts.parameters) / s;
+    var hidden = layers.slice(1, -1);
+    var state, saved;
+    if (!training) state = "推理时没有：不做优化器更新";
+    else if (optimizer === "sgd") state = "普通 SGD 不保留状态";
+    else if (optimizer === "sgd-momentum") state = "每个参数张量 1 个动量缓冲区：共 " + group(nParams) + " 个张量";
+    else state = "每个参数张量 2 个缓冲区（exp_avg、exp_avg_sq）：共 " + group(2 * nParams) + " 个张量；步数计数器不计入";
+    var logsoftmax = "log_softmax 的输出 " + b + " × " + group(layers[layers.length - 1]) + " 个值";
+    if (!training) saved = "推理时没有：不为反向传播保存任何东西";
+    else if (hidden.length === 0) saved = logsoftmax + " × " + s + " 字节 + 一个 " + s + " 字节的总权重";
+    else {
+      var relu = hidden.length === 1 ? "ReLU 的输出 " + b + " × " + group(hidden[0]) + " 个值"
+        : hidden.length + " 个隐藏层的 ReLU 输出 " + b + " × " + group(sum(hidden)) + " 个值";
+      saved = relu + " + " + logsoftmax + "，各 × " + s + " 字节，+ 一个 " + s + " 字节的总权重";
+    }
+    var tensors = PARTS.reduce(function (a, p) { return a + parts[p].length; }, 0);
+    return {
+      parameters: group(values) + " 个值 × " + s + " 字节（" + dtype + "），分布在 " + group(nParams) + " 个张量中",
+      gradients: training ? "每个参数一个，大小相同：" + group(nParams) + " 个张量" : "推理时没有：不做反向传播",
+      optimizer_state: state,
+      batch: b + " 张图像 × " + group(layers[0]) + " 个值 × " + s + " 字节 + " + b + " 个 int64 标签 × 8 字节",
+      saved_activations: saved,
+      total: "五个部分相加",
+      total_blocks: group(tensors) + " 个张量，每个都向上取整到 512 字节的倍数"
+    };
+  }
+
   function describe(layers, batch, dtype, optimizer, mode) {
+    if (zh()) {
+      return (mode === "training" ? "训练，" + CHINESE.optimizers[optimizer] : "推理") + "，" + dtype + "，各层 " +
+        layers.join("-") + "，批量 " + group(batch);
+    }
     var what = mode === "training" ? "training, " + OPTIMIZERS[optimizer] : "inference";
     return what + ", " + dtype + ", layers " + layers.join("-") + ", batch " + group(batch);
   }
@@ -157,6 +213,10 @@
       rows[row] = { bytes: n, text: group(n), kib: kib(n), mib: mib(n), detail: text[row] };
     });
     var said = describe(layers, batch, dtype, optimizer, mode);
+    if (zh()) {
+      return { rows: rows, summary: said + "：总计 " + rows.total.text + " 字节（" + rows.total.mib + " MiB）；按 512 字节的块计 " +
+        rows.total_blocks.text + " 字节（" + rows.total_blocks.mib + " MiB）。" };
+    }
     var summary = said.charAt(0).toUpperCase() + said.slice(1) + ": total " + rows.total.text + " bytes (" +
       rows.total.mib + " MiB); in 512-byte blocks " + rows.total_blocks.text + " bytes (" + rows.total_blocks.mib +
       " MiB).";
@@ -215,8 +275,8 @@
           ["bytes", "kib", "mib"].forEach(function (cell) { tr.querySelector(".calc-" + cell).textContent = "–"; });
           tr.querySelector(".calc-detail").textContent = "";
         });
-        inputs.textContent = "No result: fix the field marked above.";
-        announce("No result: " + first, now);
+        inputs.textContent = say("No result: fix the field marked above.", "fixField");
+        announce(say("No result: ", "noResult") + first, now);
         return;
       }
       var shown = report(layers, batch, dtypeSelect.value, optimizerSelect.value, mode());
@@ -228,7 +288,7 @@
         tr.querySelector(".calc-detail").textContent = cells.detail;
       });
       var said = describe(layers, batch, dtypeSelect.value, optimizerSelect.value, mode());
-      inputs.textContent = "Memory for one step: " + said;
+      inputs.textContent = say("Memory for one step: ", "memoryFor") + said;
       announce(shown.summary, now);
     }
 
