@@ -310,6 +310,10 @@ def on_post_page(output, page, config):
     search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the site's base."""
     if page.file.src_uri.startswith("notebooks/"):
         output = notebook_pages.slim(output)
+    # mkdocs-static-i18n's <link rel="alternate" hreflang> tags point at this page in each edition; Material fetches
+    # a sitemap.xml beside each of them (it expects edition roots) and gets 404s. The header's language switch
+    # already links every page to its other edition.
+    output = re.sub(r'<link rel="alternate" href="[^"]*" hreflang="[\w-]+">\s*', "", output)
     if lang(page) == "zh":
         output = re.sub(r'(<script id="__config" type="application/json">[^<]*?"base":\s*")([^"]*)(")',
                         lambda m: f"{m[1]}{m[2]}/zh/{m[3]}", output, count=1)
@@ -319,7 +323,7 @@ def on_post_page(output, page, config):
 @event_priority(-200)       # after mkdocs-static-i18n has built every edition and written the joint search index
 def on_post_build(config):
     """One search index per edition, so that a search never answers in the other language: search/ keeps the English
-    pages, zh/search/ the Chinese ones (their locations relative to zh/), each with its own language pipeline."""
+    pages, zh/search/ the Chinese ones (their locations relative to zh/)."""
     i18n = config["plugins"].get("i18n")
     if i18n is None or i18n.building:
         return
@@ -331,12 +335,11 @@ def on_post_build(config):
     en = [d for d in index["docs"] if not d["location"].startswith("zh/")]
     path.write_text(json.dumps(dict(index, docs=en, config=dict(index["config"], lang=["en"])),
                                ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    sitemap = Path(config["site_dir"]) / "sitemap.xml"      # Material's language switch reads it beside the base
-    if sitemap.exists():
-        (Path(config["site_dir"]) / "zh" / "sitemap.xml").write_bytes(sitemap.read_bytes())
     target = Path(config["site_dir"]) / "zh" / "search" / "search_index.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(dict(index, docs=zh, config=dict(index["config"], lang=["zh"])),
+    # The Chinese text is already cut into words by jieba (zero-width spaces, which the separator splits on); lunr's
+    # own Chinese pipeline would cut it again in the browser and finds nothing, so both editions use lunr's "en".
+    target.write_text(json.dumps(dict(index, docs=zh, config=dict(index["config"], lang=["en"])),
                                  ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
 
