@@ -21,7 +21,8 @@ def test_the_whole_lesson_is_there():
     assert {p.stem for p in SNIPPETS} == {
         "image_tensors", "preprocessing", "mnist_samples", "mnist_mlp", "cifar_mlp", "dataloaders",
         "memory_arithmetic", "memory_measured", "batch_size_search", "training_loop", "batch_size_effects",
-        "fast_path", "gpu_overhead", "memory_timeline", "estimators"}
+        "fast_path", "gpu_overhead", "memory_timeline", "estimators", "grad_accumulation", "mixed_precision",
+        "inference_memory", "memory_leak", "checkpointing", "oom_reading"}
 
 
 @pytest.mark.parametrize("path", SNIPPETS, ids=lambda p: p.stem)

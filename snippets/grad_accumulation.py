@@ -1,0 +1,240 @@
+# %% setup
+# Gradient accumulation: 16 micro-batches of 64 MNIST images, each loss scaled by 1/16
+# and the gradients of all 16 added up by backward(), against one batch of 1024, from
+# the same starting weights on the same 1024 images. The gradients are compared number
+# by number, and the peak memory of one Adam update is measured for each way.
+# On CUDA the memory is the allocator's: max_memory_allocated() above what was
+# allocated before. On the CPU, which has no allocator counter, it is counted tensor
+# bytes after each event: parameters, gradients, Adam's state, batch, logits, loss and
+# what autograd saved for backward, each storage once and only while it exists.
+import contextlib
+import io
+import os
+import socket
+import sys
+import textwrap
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn, optim
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")  # the lesson's ./data by default
+torch.manual_seed(0)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu)
+METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+
+
+def say(text):
+    """Print a long sentence in lines of at most 88 characters."""
+    print(textwrap.fill(text, 88, break_on_hyphens=False))
+
+
+def load_mnist(train, transform):
+    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and
+    exit 1 if that fails."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    options = {"train": train, "transform": transform}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints mirrors
+            return datasets.MNIST(root=DATA_ROOT, download=True, **options)
+    except (OSError, RuntimeError) as error:  # no files, no network
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            f"LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layer1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(self.flatten(x))))
+
+
+class Meter:
+    """Memory from its creation on, after each check(event).
+    CUDA: memory_allocated() and max_memory_allocated() above what was allocated at
+    the start. CPU: the bytes of the storages shown to see() (and, through pack(), of
+    those autograd saves for backward) that still exist, each storage once; a weak
+    reference to each storage tells whether it has been freed."""
+
+    def __init__(self):
+        self.storages, self.events = {}, []  # address -> (weak reference, bytes)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            self.baseline = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def see(self, *tensors):
+        for t in tensors:
+            if t is not None:
+                storage = t.untyped_storage()
+                known = self.storages.get(storage.data_ptr())
+                if known is None or known[0].expired():
+                    weak = StorageWeakRef(storage)
+                    self.storages[storage.data_ptr()] = (weak, storage.nbytes())
+
+    def pack(self, t):
+        """A saved_tensors_hooks pack hook: note what autograd saves. It returns a
+        detached view: returning t itself would keep a saved output alive in a
+        reference cycle after its graph is gone."""
+        self.see(t)
+        return t.detach()
+
+    def now(self):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() - self.baseline
+        return sum(n for weak, n in self.storages.values() if not weak.expired())
+
+    def check(self, event):
+        self.events.append((event, self.now()))
+
+    def peak(self):
+        """(bytes, event): on CUDA the allocator's peak, between events too."""
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated() - self.baseline, "-"
+        event, peak = max(self.events, key=lambda e: e[1])
+        return peak, event
+
+
+EFFECTIVE, MICRO = 1024, 64
+STEPS = EFFECTIVE // MICRO
+transform = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+)
+images_used = Subset(load_mnist(True, transform), range(EFFECTIVE))
+full_loader = DataLoader(images_used, batch_size=EFFECTIVE, shuffle=False)
+micro_loader = DataLoader(images_used, batch_size=MICRO, shuffle=False)
+criterion = nn.CrossEntropyLoss()
+START = MLP().state_dict()  # both ways start from these weights
+if device.type == "cuda":  # warm-up: cuBLAS's workspace is allocated once, up front
+    warm = MLP().to(device)
+    images, labels = next(iter(micro_loader))
+    criterion(warm(images.to(device)), labels.to(device)).backward()
+    del warm, images, labels
+print(
+    f"The first {EFFECTIVE} MNIST training images: one batch of {EFFECTIVE}, or "
+    f"{STEPS} micro-batches of {MICRO}"
+)
+print(f"Memory: {METHOD}")
+
+
+# %% one-update
+def one_update(loader, steps):
+    """One Adam update from START over every batch of `loader`, each batch's loss
+    divided by `steps`. Returns the gradients just before the optimizer step (copied
+    to host memory) and the Meter."""
+    meter = Meter()
+    model = MLP().to(device)
+    model.load_state_dict(START)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    meter.see(*model.parameters())
+    meter.check("model")
+    for step, (images, labels) in enumerate(loader, start=1):
+        images, labels = images.to(device), labels.to(device)  # replaces the last
+        meter.see(images, labels)
+        meter.check(f"{step}: batch to device")
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+            output = model(images)
+            loss = criterion(output, labels) / steps  # the mean over `steps` batches
+        meter.see(output, loss)
+        meter.check(f"{step}: forward")
+        loss.backward()  # adds this batch's gradients to .grad
+        meter.see(*(p.grad for p in model.parameters()))
+        meter.check(f"{step}: backward")
+    gradients = [p.grad.to("cpu", copy=True) for p in model.parameters()]
+    optimizer.step()
+    meter.see(*(v for s in optimizer.state.values() for v in s.values()))
+    meter.check("optimizer step")
+    optimizer.zero_grad()
+    meter.check("zero_grad")
+    return gradients, meter
+
+
+full_gradients, full_meter = one_update(full_loader, steps=1)
+micro_gradients, micro_meter = one_update(micro_loader, steps=STEPS)
+
+# %% peaks
+where = "  at the event" if device.type == "cpu" else ""
+print(f"{'one update as':<24} {'peak bytes':>11}{where}   ({METHOD})")
+for label, meter in (
+    (f"one batch of {EFFECTIVE}", full_meter),
+    (f"{STEPS} micro-batches of {MICRO}", micro_meter),
+):
+    peak, event = meter.peak()
+    print(f"{label:<24} {peak:>11,}" + (f"  {event}" if device.type == "cpu" else ""))
+full_peak, micro_peak = full_meter.peak()[0], micro_meter.peak()[0]
+print(
+    f"Accumulation: {micro_peak / full_peak:.2f} of the full batch's peak, "
+    f"{full_peak - micro_peak:,} bytes less ({METHOD})"
+)
+
+# %% compare
+TOLERANCE = 1e-6  # absolute, for every single number of every gradient
+names = [n for n, _ in MLP().named_parameters()]
+print(
+    f"{'gradient':<14} {'shape':<11} {'largest |value|':>16} {'max |difference|':>17}"
+)
+differences = []
+for n, full, micro in zip(names, full_gradients, micro_gradients):
+    differences.append((full - micro).abs().max().item())
+    shape = str(tuple(full.shape))
+    print(
+        f"{n:<14} {shape:<11} {full.abs().max().item():>16.3e} {differences[-1]:>17.1e}"
+    )
+worst = max(differences)
+verdict = "equal" if worst <= TOLERANCE else "NOT equal"
+print(
+    f"Largest difference {worst:.1e}, tolerance {TOLERANCE:.0e} (absolute): "
+    f"{verdict} within the tolerance"
+)
+say(
+    "The differences are float32 rounding: the same sums are added up in a different "
+    "order."
+)
+unscaled, _ = one_update(micro_loader, steps=1)  # the classic mistake: no 1/16
+ratio = (
+    torch.cat([g.flatten() for g in unscaled]).norm()
+    / torch.cat([g.flatten() for g in full_gradients]).norm()
+)
+print(f"Without dividing each loss by {STEPS}: gradients {ratio:.2f} times too large")
+say(
+    f"Learning rate: choose it for the effective batch of {EFFECTIVE}, not for "
+    f"{MICRO}: each update is the one a batch of {EFFECTIVE} makes, and there are "
+    f"{STEPS} times fewer updates per epoch than with batches of {MICRO}."
+)
+say(
+    f"BatchNorm-like layers compute their statistics over each micro-batch of {MICRO}, "
+    f"not over all {EFFECTIVE} images, so with them accumulation does not reproduce "
+    f"the large batch exactly (this MLP has none)."
+)
+
+# %% chart
+MiB = 2**20
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for label, meter, style in (
+    (f"one batch of {EFFECTIVE}", full_meter, "-"),
+    (f"{STEPS} micro-batches of {MICRO}", micro_meter, "--"),
+):
+    values = [b / MiB for _, b in meter.events]
+    ax.step(range(len(values)), values, style, where="post", label=label)
+ax.set_xlabel("event of the update (batch to device, forward, backward, ...)")
+ax.set_ylabel(f"memory in use (MiB, {METHOD})")
+ax.set_title(f"One Adam update at an effective batch of {EFFECTIVE}")
+ax.set_ylim(bottom=0)
+ax.grid(True, alpha=0.3)
+ax.legend()
+plt.tight_layout()
+plt.show()

@@ -1,0 +1,238 @@
+# %% setup
+# Inference vs training memory: the same MNIST MLP on the same batch of 1000 test
+# images (the lesson's test batch) in training (forward, loss, backward), under
+# torch.no_grad() and under torch.inference_mode(): what autograd saves for backward
+# and the peak memory of each.
+# On CUDA the peak is the allocator's max_memory_allocated() above what was allocated
+# before. On the CPU, which has no allocator counter, it is counted tensor bytes after
+# each layer and each step: parameters, batch, every layer's output, loss, gradients and
+# what autograd saved for backward, each storage once and only while it exists.
+# The model is untrained: memory depends on shapes, not on what the weights learned.
+import contextlib
+import io
+import os
+import socket
+import sys
+import textwrap
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")  # the lesson's ./data by default
+torch.manual_seed(0)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu)
+METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+
+
+def say(text):
+    """Print a long sentence in lines of at most 88 characters."""
+    print(textwrap.fill(text, 88, break_on_hyphens=False))
+
+
+def load_mnist(train, transform):
+    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and
+    exit 1 if that fails."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    options = {"train": train, "transform": transform}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints mirrors
+            return datasets.MNIST(root=DATA_ROOT, download=True, **options)
+    except (OSError, RuntimeError) as error:  # no files, no network
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            f"LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layer1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(self.flatten(x))))
+
+
+class Meter:
+    """Memory from its creation on, after each check(event).
+    CUDA: memory_allocated() and max_memory_allocated() above what was allocated at
+    the start. CPU: the bytes of the storages shown to see() (and, through pack(), of
+    those autograd saves for backward) that still exist, each storage once; a weak
+    reference to each storage tells whether it has been freed."""
+
+    def __init__(self):
+        self.storages, self.events = {}, []  # address -> (weak reference, bytes)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            self.baseline = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def see(self, *tensors):
+        for t in tensors:
+            if t is not None:
+                storage = t.untyped_storage()
+                known = self.storages.get(storage.data_ptr())
+                if known is None or known[0].expired():
+                    weak = StorageWeakRef(storage)
+                    self.storages[storage.data_ptr()] = (weak, storage.nbytes())
+
+    def now(self):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() - self.baseline
+        return sum(n for weak, n in self.storages.values() if not weak.expired())
+
+    def check(self, event):
+        self.events.append((event, self.now()))
+
+    def peak(self):
+        """(bytes, event): on CUDA the allocator's peak, between events too."""
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated() - self.baseline, "-"
+        event, peak = max(self.events, key=lambda e: e[1])
+        return peak, event
+
+
+transform = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+)
+test_loader = DataLoader(load_mnist(False, transform), batch_size=1000, shuffle=False)
+images, labels = next(iter(test_loader))  # the lesson's test batch: 1000 images
+criterion = nn.CrossEntropyLoss()
+if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up front
+    warm = MLP().to(device)
+    criterion(warm(images[:64].to(device)), labels[:64].to(device)).backward()
+    del warm
+print(f"The first test batch: images {tuple(images.shape)} float32, labels int64")
+print(f"Memory: {METHOD}")
+
+# %% measure
+MODES = {
+    "training": contextlib.nullcontext,
+    "torch.no_grad()": torch.no_grad,
+    "torch.inference_mode()": torch.inference_mode,
+}
+
+
+def run(mode):
+    """The model on the batch in one mode: forward and loss, and in training also
+    backward. Returns (bytes saved for backward beyond parameters and batch, number of
+    tensors saved, meter, the output)."""
+    meter = Meter()
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    meter.see(*model.parameters())
+
+    def after_layer(module, args, out):
+        meter.see(out)
+        meter.check(names[module])
+        if out.requires_grad:  # and again when backward reaches this output
+
+            def in_backward(grad):
+                meter.see(grad)
+                meter.check(f"{names[module]} backward")
+
+            out.register_hook(in_backward)
+
+    names = {layer: n for n, layer in model.named_children()}
+    for layer in names:
+        layer.register_forward_hook(after_layer)
+    x, y = images.to(device), labels.to(device)
+    meter.see(x, y)
+    meter.check("batch to device")
+    known = {t.untyped_storage().data_ptr() for t in [*model.parameters(), x, y]}
+    saved, count = {}, [0]
+
+    def pack(t):
+        count[0] += 1
+        meter.see(t)
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in known:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t.detach()  # t itself could keep a saved output alive in a cycle
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with MODES[mode](), hooks:
+        output = model(x)
+        loss = criterion(output, y)
+    meter.see(loss)
+    meter.check("loss")
+    saved_bytes = sum(saved.values())  # backward frees these
+    if mode == "training":
+        loss.backward()
+        meter.see(*(p.grad for p in model.parameters()))
+        meter.check("backward")
+    return saved_bytes, count[0], meter, output
+
+
+results = {mode: run(mode) for mode in MODES}
+at = "  at" if device.type == "cpu" else ""
+print(f"{'mode':<23} {'saved':>10}{'tensors':>8}{'after loss':>12}{'peak':>12}{at}")
+for mode, (saved_bytes, count, meter, _) in results.items():
+    peak, event = meter.peak()
+    after_loss = dict(meter.events)["loss"]
+    where = f"  {event}" if device.type == "cpu" else ""
+    print(f"{mode:<23} {saved_bytes:>10,}{count:>8}{after_loss:>12,}{peak:>12,}{where}")
+say(
+    f"(bytes, {METHOD}; saved: what autograd saved for backward beyond the "
+    f"parameters and the batch, and how many tensors it saved)"
+)
+for mode, (*_, output) in results.items():
+    print(
+        f"{mode:<23} output requires_grad={output.requires_grad!s:<5} "
+        f"is_inference={output.is_inference()}"
+    )
+
+# %% why-1000
+train_peak = results["training"][2].peak()[0]
+eval_peak = results["torch.no_grad()"][2].peak()[0]
+batch_bytes = images.nbytes + labels.nbytes
+param_bytes = sum(p.nbytes for p in MLP().parameters())
+print(f"Peak, training the batch of {len(images)}: {train_peak:>11,} bytes ({METHOD})")
+print(f"Peak, evaluating it (no_grad):    {eval_peak:>11,} bytes ({METHOD})")
+print(f"  of which the batch itself:      {batch_bytes:>11,} bytes (images and labels)")
+print(f"  and the parameters:             {param_bytes:>11,} bytes")
+print(f"Training needs {train_peak / eval_peak:.2f}x the memory of evaluation here")
+say(
+    f"Why the lesson's test batch of {len(images)} is fine: under no_grad nothing is "
+    f"kept for backward, so evaluation holds the batch, the parameters and at most two "
+    f"layer outputs at a time, and frees them before the next batch. Most of its "
+    f"{eval_peak:,} bytes are the batch itself."
+)
+
+# %% inference-tensor
+with torch.inference_mode():
+    features = torch.relu(images.to(device).flatten(1))  # made in inference_mode
+layer = nn.Linear(784, 10).to(device)
+try:
+    layer(features).sum().backward()  # autograd would have to save `features`
+except RuntimeError as error:
+    say(f"RuntimeError: {error}")
+copied = features.clone()
+print(f"features.clone() is a normal tensor: is_inference={copied.is_inference()}")
+
+# %% chart
+MiB = 2**20
+fig, ax = plt.subplots(figsize=(7, 3.8))
+for (mode, (*_, meter, _output)), style in zip(results.items(), ("-", "--", ":")):
+    values = [b / MiB for _, b in meter.events]
+    ax.plot(range(len(values)), values, style, marker="o", label=mode)
+events = [event for event, _ in results["training"][2].events]  # the longest list
+ax.set_xticks(range(len(events)), events, rotation=35, ha="right")
+ax.set_xlabel("after this step of the batch of 1000")
+ax.set_ylabel(f"memory in use (MiB, {METHOD})")
+ax.set_title("The same test batch: training vs no_grad vs inference_mode")
+ax.grid(True, alpha=0.3)
+ax.legend()
+plt.tight_layout()
+plt.show()

@@ -1,0 +1,275 @@
+# %% setup
+# Mixed precision with torch.autocast: which parts of a training step's memory shrink
+# and which do not, measured part by part for one Adam step at batch 1024 on real MNIST
+# images, and the loss over a few steps beside plain float32.
+# Autocast runs chosen operations (matrix multiplies) in a 16-bit type: bfloat16 on the
+# CPU; on CUDA bfloat16 where the GPU supports it, else float16 (with a GradScaler).
+# The parts are counted tensor bytes on both devices: parameters, batch, gradients and
+# Adam's state from the tensors themselves, and what autograd saves for backward through
+# torch.autograd.graph.saved_tensors_hooks, each storage once. On CUDA the allocator's
+# memory_allocated() also measures what the forward pass added.
+import contextlib
+import io
+import os
+import socket
+import sys
+import textwrap
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn, optim
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+DATA_ROOT = os.environ.get("LESSON_DATA", "./data")  # the lesson's ./data by default
+torch.manual_seed(0)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+print(f"Device: {device}" + gpu)
+if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    AMP_DTYPE = torch.float16  # older GPUs: float16, which needs a GradScaler
+else:
+    AMP_DTYPE = torch.bfloat16
+AMP = str(AMP_DTYPE).removeprefix("torch.")
+
+
+def say(text):
+    """Print a long sentence in lines of at most 88 characters."""
+    print(textwrap.fill(text, 88, break_on_hyphens=False))
+
+
+def load_mnist(train, transform):
+    """MNIST from DATA_ROOT, downloading it if it is not there; one clear sentence and
+    exit 1 if that fails."""
+    socket.setdefaulttimeout(10)  # never hang on a dead network
+    options = {"train": train, "transform": transform}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints mirrors
+            return datasets.MNIST(root=DATA_ROOT, download=True, **options)
+    except (OSError, RuntimeError) as error:  # no files, no network
+        sys.exit(
+            f"MNIST is not in {os.path.abspath(DATA_ROOT)}/MNIST/raw and could not be "
+            f"downloaded ({type(error).__name__}): connect to the internet, or set "
+            f"LESSON_DATA to a folder that holds MNIST/raw."
+        )
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layer1 = nn.Linear(784, 128)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(self.flatten(x))))
+
+
+def dtype_name(t):
+    return str(t.dtype).removeprefix("torch.")
+
+
+def storage_bytes(tensors):
+    """Bytes of the distinct storages of some tensors."""
+    sizes = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors
+    }
+    return sum(sizes.values())
+
+
+BATCH, TRAIN_STEPS, TRAIN_BATCH = 1024, 50, 128
+transform = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+)
+train_dataset = load_mnist(True, transform)
+images, labels = next(iter(DataLoader(train_dataset, batch_size=BATCH)))
+train_loader = DataLoader(
+    Subset(train_dataset, range(TRAIN_STEPS * TRAIN_BATCH)), batch_size=TRAIN_BATCH
+)
+train_batches = list(train_loader)  # the same batches, in the same order, for both
+criterion = nn.CrossEntropyLoss()
+if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up front
+    for enabled in (False, True):
+        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=enabled):
+            warm = MLP().to(device)
+            criterion(warm(images[:64].to(device)), labels[:64].to(device)).backward()
+    del warm
+print(f"Autocast's 16-bit type here: {AMP}")
+print(f"Batch: the first {BATCH} MNIST training images, {tuple(images.shape)} float32")
+
+# %% parts
+RUNS = {  # name: (autocast on, batch cast to the 16-bit type on the device)
+    "float32": (False, False),
+    "autocast": (True, False),
+    "cast batch": (True, True),
+}
+
+
+def one_step(use_autocast, cast_batch):
+    """One Adam step from the same weights. Returns {(part, dtype): bytes} and the
+    bytes the forward pass added (CUDA: the allocator; CPU: counted)."""
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(  # only float16 needs it; disabled, it does nothing
+        device.type, enabled=use_autocast and AMP_DTYPE == torch.float16
+    )
+    x, y = images.to(device), labels.to(device)
+    if cast_batch:
+        x = x.to(AMP_DTYPE)
+    params = list(model.parameters())
+    known = {t.untyped_storage().data_ptr() for t in [*params, x, y]}
+    saved = {}  # (part, dtype) -> {storage address: bytes}
+
+    def pack(t):
+        """Sort each tensor autograd saves into a part, by what it is."""
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in known:  # the parameters and the batch are counted as such
+            if t.shape == x.flatten(1).shape:
+                part = "saved: copy of the batch"
+            elif any(sorted(t.shape) == sorted(p.shape) for p in params):
+                part = "saved: copies of weights"
+            else:
+                part = "saved: layer outputs"
+            saved.setdefault((part, dtype_name(t)), {})[ptr] = (
+                t.untyped_storage().nbytes()
+            )
+        return t.detach()  # t itself could keep a saved output alive in a cycle
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    amp = torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_autocast)
+    with hooks, amp:
+        output = model(x)
+        loss = criterion(output, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        forward_added = torch.cuda.memory_allocated() - before
+    else:
+        forward_added = sum(sum(s.values()) for s in saved.values())
+        forward_added += storage_bytes([output, loss])
+    scaler.scale(loss).backward()
+    grads = [p.grad for p in params]
+    scaler.step(optimizer)
+    scaler.update()
+    state = [
+        v
+        for s in optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.device.type == device.type  # CUDA: step on host
+    ]
+    parts = {("parameters", dtype_name(p)): 0 for p in params}
+    for p in params:
+        parts["parameters", dtype_name(p)] += storage_bytes([p])
+    parts["batch: images", dtype_name(x)] = storage_bytes([x])
+    parts["batch: labels", dtype_name(y)] = storage_bytes([y])
+    for (part, dtype), sizes in sorted(saved.items()):
+        parts[part, dtype] = sum(sizes.values())
+    parts["gradients", dtype_name(grads[0])] = storage_bytes(grads)
+    parts["Adam's state", dtype_name(state[0])] = storage_bytes(state)
+    return parts, forward_added
+
+
+results = {run: one_step(*flags) for run, flags in RUNS.items()}
+ORDER = ["parameters", "batch: images", "batch: labels", "saved: layer outputs"]
+ORDER += ["saved: copy of the batch", "saved: copies of weights"]
+ORDER += ["gradients", "Adam's state"]
+rows = sorted({key for parts, _ in results.values() for key in parts})
+rows.sort(key=lambda key: ORDER.index(key[0]))  # stable: dtypes stay sorted
+print(f"cast batch: autocast, with the batch cast to {AMP} on the device first")
+print(f"{'part (counted tensor bytes)':<27} {'dtype':<9}", end="")
+print("".join(f"{run:>14}" for run in RUNS))
+for part, dtype in rows:
+    cells = [results[run][0].get((part, dtype)) for run in RUNS]
+    print(f"{part:<27} {dtype:<9}", end="")
+    print("".join(f"{'-' if c is None else f'{c:,}':>14}" for c in cells))
+forward_label = "CUDA allocator" if device.type == "cuda" else "counted"
+print(f"{'forward pass added':<27} {forward_label:<9}", end="")
+print("".join(f"{results[run][1]:>14,}" for run in RUNS))
+
+
+def total(run, part):
+    """Bytes of a part in a run, all dtypes together."""
+    return sum(b for (p, _), b in results[run][0].items() if p == part)
+
+
+outputs32, outputs16 = (
+    total(r, "saved: layer outputs") for r in ("float32", "autocast")
+)
+print(
+    f"Saved layer outputs: {outputs16:,} bytes under autocast against {outputs32:,} in "
+    f"float32 ({outputs16 / outputs32:.2f}x)"
+)
+same = all(
+    total("float32", part) == total(run, part)
+    for run in RUNS
+    for part in ("parameters", "gradients", "Adam's state")
+)
+print(f"Parameters, gradients and Adam's state unchanged under autocast: {same}")
+copy = total("autocast", "saved: copy of the batch")
+say(
+    f"Autocast also saved a {AMP} copy of the batch for layer1's backward, {copy:,} "
+    f"bytes, which the cast batch avoids, and {AMP} copies of weights, "
+    f"{total('autocast', 'saved: copies of weights'):,} bytes."
+)
+images32, images16 = (total(r, "batch: images") for r in ("float32", "cast batch"))
+print(f"The batch's images: {images32:,} bytes in float32, {images16:,} in {AMP}")
+
+
+# %% training
+def train(use_autocast):
+    """TRAIN_STEPS Adam steps from the same weights on the same batches; the losses."""
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=use_autocast and AMP_DTYPE == torch.float16
+    )
+    losses = []
+    for x, y in train_batches:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_autocast):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    return losses
+
+
+losses = {"float32": train(False), f"autocast ({AMP})": train(True)}
+print(f"Training loss over {TRAIN_STEPS} Adam steps at batch {TRAIN_BATCH}:")
+print(f"{'step':>5}" + "".join(f"{run:>22}" for run in losses) + f"{'difference':>14}")
+for step in (1, 10, 20, 30, 40, 50):
+    a, b = (run[step - 1] for run in losses.values())
+    print(f"{step:>5}{a:>22.4f}{b:>22.4f}{b - a:>+14.4f}")
+
+# %% chart
+KiB = 1024
+fig = plt.figure(figsize=(7, 6.6), layout="constrained")
+upper, lower = fig.subfigures(2, 1, height_ratios=[3, 2])  # each panel its full width
+top, bottom = upper.subplots(), lower.subplots()
+labels_ = [f"{part} ({dtype})" for part, dtype in rows]
+height = 0.8 / len(RUNS)
+for index, run in enumerate(RUNS):
+    values = [results[run][0].get(key, 0) / KiB for key in rows]
+    positions = [r + (index - 1) * height for r in range(len(rows))]
+    top.barh(positions, values, height=height, label=run)
+top.set_yticks(range(len(rows)), labels_)
+top.invert_yaxis()
+top.set_xlabel("KiB (counted tensor bytes)")
+top.set_ylabel("part of a training step")
+top.set_title(f"Memory by part, one Adam step at batch {BATCH}")
+top.legend()
+for (run, values), style in zip(losses.items(), ("-", "--")):
+    bottom.plot(range(1, TRAIN_STEPS + 1), values, style, linewidth=2, label=run)
+bottom.set_xlabel("training step")
+bottom.set_ylabel("training loss")
+bottom.set_title(f"Loss, float32 vs autocast ({AMP}), batch {TRAIN_BATCH}")
+bottom.legend()
+bottom.grid(True, alpha=0.3)
+plt.show()
