@@ -240,6 +240,8 @@ def test_notebook_pages_render_with_figures(context, server):
 
 WIDTHS = (1280, 390)
 LAYOUT_JS = """async () => {
+    for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
+    const height = document.documentElement.scrollHeight;                       // as a reader first sees it
     document.querySelectorAll('details').forEach(d => { d.open = true; });      // folded cells are measured too
     await new Promise(r => setTimeout(r, 50));
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
@@ -253,7 +255,7 @@ LAYOUT_JS = """async () => {
     const figures = [...document.images].filter(i => /outputs\\/|^data:image\\/png/.test(i.getAttribute('src') || ''))
         .map(i => ({src: (i.getAttribute('src') || '').slice(0, 80), natural: i.naturalWidth,
                     shown: i.getBoundingClientRect().width}));
-    return {boxes, figures, height: document.documentElement.scrollHeight};
+    return {boxes, figures, height};
 }"""
 
 
