@@ -76,3 +76,20 @@ def site(tmp_path_factory) -> Path:
     process = build(ROOT, site_dir)
     assert process.returncode == 0, process.stderr[-5000:]
     return site_dir
+
+
+def file_as_cuda(outputs: Path, name: str) -> dict:
+    """File a copy of the CPU recording in ``outputs`` as the CUDA one a GPU run would make (for tests on machines
+    without a GPU): device, device name and CUDA in its stamp, its figures and its device line."""
+    import json
+    import shutil
+    data = json.loads((outputs / "cpu" / f"{name}.json").read_text(encoding="utf-8"))
+    data["environment"].update(device="cuda", device_name="NVIDIA H200", cuda="13.0")
+    for cell in data["cells"]:
+        cell["figures"] = [f.replace("outputs/cpu/", "outputs/cuda/") for f in cell["figures"]]
+        cell["stdout"] = cell["stdout"].replace("Device: cpu", "Device: cuda (NVIDIA H200)")
+    (outputs / "cuda").mkdir(exist_ok=True)
+    (outputs / "cuda" / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    if (outputs / "cpu" / name).is_dir():
+        shutil.copytree(outputs / "cpu" / name, outputs / "cuda" / name)
+    return data

@@ -4,15 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_recorder
+from conftest import ROOT, file_as_cuda, run_recorder
 from tools import environment, snippets
 
 GOOD = '''# %% setup
@@ -190,24 +188,11 @@ def test_notebook_is_made_from_the_recording_and_kept_in_step(project):
     assert record(project, "--check").returncode == 0
 
 
-def as_cuda_recording(project):
-    """A copy of the CPU recording filed as a CUDA one (as a GPU run would make it), for tests without a GPU."""
-    data = recording(project)
-    data["environment"].update(device="cuda", device_name="NVIDIA H200", cuda="13.0")
-    for cell in data["cells"]:
-        cell["figures"] = [f.replace("outputs/cpu/", "outputs/cuda/") for f in cell["figures"]]
-    target = project / "outputs" / "cuda"
-    target.mkdir(exist_ok=True)
-    (target / "demo.json").write_text(json.dumps(data))
-    shutil.copytree(project / "outputs" / "cpu" / "demo", target / "demo")
-    return data
-
-
 def test_a_cuda_recording_sits_beside_the_cpu_one_and_the_notebook_prefers_it(project):
     import nbformat
     record(project)
     cpu_before = (project / "outputs" / "cpu" / "demo.json").read_bytes()
-    as_cuda_recording(project)
+    file_as_cuda(project / "outputs", "demo")
     assert "demo: current, notebook rewritten" in record(project).stdout     # the notebook follows the GPU set
     notebook = nbformat.read(project / "notebooks" / "demo.ipynb", as_version=4)
     assert notebook.cells[0].source.startswith("*Outputs recorded on GPU · NVIDIA H200")

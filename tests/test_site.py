@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import pytest
 import yaml
 from bs4 import BeautifulSoup
 
+from conftest import file_as_cuda
 from site_build import ROOT, build
 from tools import hook, recordings, snippets
 
@@ -116,7 +117,7 @@ def prose(text: str) -> str:
     """What a chapter says in its own words, as the hook shows it: gpu-only blocks only where their snippet has a
     CUDA recording (cpu-only blocks only where it has none); no code, no markers, no quotes from the lesson (“…”),
     no link targets, no headings."""
-    text = hook.DEVICE_BLOCK.sub(lambda m: m["body"] if recordings.path_for(m["snippet"], "cuda").exists() == (
+    text = hook.DEVICE_BLOCK.sub(lambda m: m["body"] if recordings.has_cuda(m["snippet"]) == (
         m["kind"] == "gpu") else "", text)
     for pattern, flags in ((r"```.*?```", re.S), (r"<!--.*?-->", re.S), (r"“[^”]*”", 0), (r"`[^`]*`", 0),
                            (r"\]\([^)]*\)", 0), (r"^#+ .*$", re.M)):
@@ -202,7 +203,7 @@ def test_home_page_names_the_recording_hardware(site):
     for path in snippets.find():
         for recording in recordings.load_all(path.stem).values():
             assert recording["environment"]["device_name"] in text
-    gpu = [p.stem for p in snippets.find() if recordings.path_for(p.stem, "cuda").exists()]
+    gpu = [p.stem for p in snippets.find() if recordings.has_cuda(p.stem)]
     if not gpu:   # the home page's claims about hardware agree with the table
         assert "none has been recorded on a GPU yet" in text
         assert "come from a real GPU" not in text
@@ -215,21 +216,6 @@ def copy_of_project(tmp_path):
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)
     shutil.copy(ROOT / "requirements-lesson.txt", tmp_path)
     return tmp_path
-
-
-def fake_cuda_recording(project: Path, name: str) -> dict:
-    """File a copy of a CPU recording as the CUDA one a GPU run would make (for tests on machines without a GPU)."""
-    data = json.loads((project / "docs" / "outputs" / "cpu" / f"{name}.json").read_text())
-    data["environment"].update(device="cuda", device_name="NVIDIA H200", cuda="13.0")
-    for cell in data["cells"]:
-        cell["figures"] = [f.replace("outputs/cpu/", "outputs/cuda/") for f in cell["figures"]]
-        cell["stdout"] = cell["stdout"].replace("Device: cpu", "Device: cuda (NVIDIA H200)")
-    target = project / "docs" / "outputs" / "cuda"
-    target.mkdir(exist_ok=True)
-    (target / f"{name}.json").write_text(json.dumps(data))
-    if (project / "docs" / "outputs" / "cpu" / name).is_dir():
-        shutil.copytree(project / "docs" / "outputs" / "cpu" / name, target / name)
-    return data
 
 
 def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a_gpu_recording(
@@ -247,7 +233,7 @@ def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a
     page = (tmp_path / "before" / "chapters" / "models" / "index.html").read_text()
     assert "CPU-ONLY-SENTENCE" in page and "GPU-ONLY-SENTENCE" not in page and "OTHER-GPU" not in page
 
-    fake_cuda_recording(copy_of_project, "mnist_mlp")
+    file_as_cuda(copy_of_project / "docs" / "outputs", "mnist_mlp")
     subprocess.run([sys.executable, "-m", "tools.record", "--out", str(copy_of_project / "docs" / "outputs"),
                     "--snippets", str(copy_of_project / "snippets"), "mnist_mlp", "--device", "cpu"],
                    cwd=ROOT, capture_output=True, text=True, check=True)     # rewrites the notebook only

@@ -21,6 +21,12 @@ PINS_FILE = ROOT / "requirements-lesson.txt"
 DEVICES = ("cuda", "cpu")               # the device classes, in the order the site shows them: GPU first
 LIBRARIES = ("torch", "torchvision", "torchsummary", "torchinfo", "numpy", "matplotlib")
 KEY_FIELDS = ("device", *LIBRARIES)     # the fields that decide whether a recording is current
+KIND = {"cuda": "GPU", "cpu": "CPU"}    # what the site calls each device class
+
+
+def label(environment: dict) -> str:
+    """How the site names the machine of a stamp: 'GPU · NVIDIA H200', 'CPU · AMD EPYC'."""
+    return f"{KIND[environment['device']]} · {environment['device_name']}"
 
 
 def cuda_device_name() -> str | None:

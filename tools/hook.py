@@ -32,7 +32,7 @@ from mkdocs.utils import get_relative_url
 
 # MkDocs loads this file by path; make its package importable however mkdocs was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import notebook_pages, recordings, snippets  # noqa: E402
+from tools import environment, notebook_pages, recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
 CELL_MARKER = re.compile(r"^(?P<indent>[ \t]*)<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
@@ -43,7 +43,7 @@ DEVICE_BLOCK = re.compile(r"^<!--[ \t]*(?P<kind>gpu|cpu)-only:[ \t]*(?P<snippet>
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
 FLAGS = {"no-code", "no-output", "gpu", "collapsed"}
-KIND = {"cuda": "GPU", "cpu": "CPU"}
+KIND = environment.KIND
 WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chinese edition under zh/)
     "en": {
         "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded yet",
@@ -138,8 +138,7 @@ def _relative(page, target: str) -> str:
 
 
 def tab_label(recording: dict) -> str:
-    env = recording["environment"]
-    return f"{KIND[env['device']]} · {env['device_name']}"
+    return environment.label(recording["environment"])
 
 
 def stamp(found: dict[str, dict], page) -> str:
@@ -265,7 +264,7 @@ def device_blocks(markdown: str, page) -> str:
             log.warning("%s: <!-- %s-only: %s --> names a snippet that does not exist",
                         page.file.src_uri, match["kind"], name)
             return ""
-        has_gpu = recordings.path_for(name, "cuda").exists()
+        has_gpu = recordings.has_cuda(name)
         return match["body"] if has_gpu == (match["kind"] == "gpu") else ""
     return DEVICE_BLOCK.sub(keep, markdown)
 
@@ -294,13 +293,13 @@ def recorded_hardware(page) -> str:
     machines: dict[tuple, list[str]] = {}
     for name, device, recording in _all_recordings():
         env = recording["environment"]
-        key = (f"{KIND[device]} · {env['device_name']}", env["torch"], env["torchvision"], env["cuda"] or "—",
+        key = (environment.label(env), env["torch"], env["torchvision"], env["cuda"] or "—",
                env["python"], env["recorded_at"][:10])
         machines.setdefault(key, []).append(name)
     rows = [t(page, "hardware_header"), "|---|---|---|---|---|---|---|"]
     rows += [f"| {' | '.join(key)} | {len(names)} |" for key, names in machines.items()]
     total = len(snippets.find())
-    on_gpu = sum(1 for path in snippets.find() if recordings.path_for(path.stem, "cuda").exists())
+    on_gpu = sum(1 for path in snippets.find() if recordings.has_cuda(path.stem))
     summary = t(page, "no_gpu", total=total) if on_gpu == 0 else t(page, "some_gpu", total=total, on_gpu=on_gpu)
     return "\n".join(rows) + "\n\n" + summary
 

@@ -14,16 +14,15 @@ import nbformat
 from tools import environment, recordings, snippets
 
 NOTEBOOKS_DIR = snippets.ROOT / "docs" / "notebooks"
-KIND = {"cuda": "GPU", "cpu": "CPU"}
 
 
 def stamp_text(recording: dict, others: dict[str, dict] | None = None) -> str:
     env = recording["environment"]
-    text = (f"Outputs recorded on {KIND[env['device']]} · {env['device_name']} with torch {env['torch']}, "
+    text = (f"Outputs recorded on {environment.label(env)} with torch {env['torch']}, "
             f"{env['recorded_at'][:10]}, from `{recording['snippet']}`.")
     rest = [r["environment"] for device, r in (others or {}).items() if device != env["device"]]
     if rest:
-        text += " Also recorded on " + ", ".join(f"{KIND[e['device']]} · {e['device_name']}" for e in rest) + \
+        text += " Also recorded on " + ", ".join(environment.label(e) for e in rest) + \
             ": the chapter page shows both."
     elif env["device"] == "cpu":
         text += " Not recorded on a GPU yet: on a machine with CUDA, `python -m tools.record --device cuda` does it."

@@ -49,6 +49,11 @@ def load_all(name: str, outputs_dir: Path = OUTPUTS_DIR) -> dict[str, dict]:
     return {device: recording for device, recording in found.items() if recording}
 
 
+def has_cuda(name: str, outputs_dir: Path = OUTPUTS_DIR) -> bool:
+    """Whether the snippet has a CUDA recording (gpu-only prose is shown only then)."""
+    return path_for(name, "cuda", outputs_dir).exists()
+
+
 def preferred(name: str, outputs_dir: Path = OUTPUTS_DIR) -> dict | None:
     """The recording a notebook is built from: the CUDA one where it exists, else the CPU one."""
     return next(iter(load_all(name, outputs_dir).values()), None)
