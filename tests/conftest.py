@@ -78,13 +78,23 @@ def site(tmp_path_factory) -> Path:
     return site_dir
 
 
+GPU_STAMP = {   # what the GPU machine's stamp holds beyond the pins: a local version label, its Python, its CUDA
+    "device": "cuda", "device_name": "NVIDIA H200", "cuda": "13.0", "python": "3.12.3",
+    "platform": "Linux-6.18.44-fc-v236-gpu-x86_64-with-glibc2.39"}
+
+
 def file_as_cuda(outputs: Path, name: str) -> dict:
-    """File a copy of the CPU recording in ``outputs`` as the CUDA one a GPU run would make (for tests on machines
-    without a GPU): device, device name and CUDA in its stamp, its figures and its device line."""
+    """File a copy of the CPU recording in ``outputs`` as the CUDA one the GPU machine makes (for tests on machines
+    without a GPU): its stamp as a real one would read there (the versions of requirements-gpu.txt, torch with its
+    '+cu130' build label, Python 3.12), its figures and its device line."""
     import json
     import shutil
+
+    from tools import environment
     data = json.loads((outputs / "cpu" / f"{name}.json").read_text(encoding="utf-8"))
-    data["environment"].update(device="cuda", device_name="NVIDIA H200", cuda="13.0")
+    pins = environment.pinned(environment.PINS_FILES["cuda"])
+    data["environment"].update({library: pins[library] for library in environment.LIBRARIES})
+    data["environment"].update(GPU_STAMP, torch=pins["torch"] + "+cu130")
     for cell in data["cells"]:
         cell["figures"] = [f.replace("outputs/cpu/", "outputs/cuda/") for f in cell["figures"]]
         cell["stdout"] = cell["stdout"].replace("Device: cpu", "Device: cuda (NVIDIA H200)")

@@ -45,8 +45,9 @@ def test_every_requirements_file_the_readme_installs_exists():
 
 
 def test_a_library_pinned_twice_has_one_version():
+    """Within what one environment installs: the CPU set's files (requirements-gpu.txt is the CUDA set's own)."""
     seen: dict[str, tuple[str, str]] = {}
-    for path in sorted(ROOT.glob("requirements*.txt")):
+    for path in sorted(set(ROOT.glob("requirements*.txt")) - {ROOT / "requirements-gpu.txt"}):
         for line in path.read_text(encoding="utf-8").splitlines():
             if match := PIN.match(line):
                 name, version = match[1].lower(), match[2]
@@ -64,3 +65,13 @@ def test_readme_states_the_minimum_python_the_pins_require():
     need = max(minimum_python("requirements.txt"), minimum_python("requirements-docs.txt"))
     claims = {tuple(map(int, m)) for m in re.findall(r"Python (\d+)\.(\d+)(?:\+| or newer)", README)}
     assert claims == {need}, f"the pins need Python {need[0]}.{need[1]}; the README says {sorted(claims)}"
+
+
+def test_each_device_class_pins_every_library_that_decides_a_recording():
+    from tools import environment
+    for device, path in environment.PINS_FILES.items():
+        found = environment.pinned(path)
+        assert set(environment.LIBRARIES) <= set(found), (device, path.name)
+        assert all(environment.public(v) == v for v in found.values()), path.name   # public versions only
+    gpu = environment.pinned(environment.PINS_FILES["cuda"])
+    assert gpu["nbformat"] == pins("requirements.txt")["nbformat"]      # the recorder writes the same notebooks

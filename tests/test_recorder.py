@@ -254,3 +254,50 @@ def test_missing_mnist_fails_the_lesson_tests_with_a_fix(tmp_path):
                              text=True, timeout=120)
     assert process.returncode != 0
     assert "MNIST not found" in process.stdout and "Fix: set LESSON_DATA to a folder that holds MNIST/raw" in process.stdout
+
+
+def test_a_local_version_label_is_not_another_version():
+    """torch 2.11.0+cu130 (the GPU machine's) is the pinned 2.11.0; the stamp keeps the full string."""
+    pins = environment.pinned(environment.PINS_FILES["cuda"])
+    stamp = {"device": "cuda", **pins, "torch": pins["torch"] + "+cu130"}
+    assert environment.key_differences(stamp, "cuda") == []
+    assert environment.key_differences({**stamp, "torch": "2.10.0+cu128"}, "cuda") == [
+        f"torch 2.10.0+cu128, pinned {pins['torch']}"]
+    assert environment.key_differences({**stamp, "device": "cpu"}, "cuda")[0] == "device cpu, expected cuda"
+
+
+def test_each_device_class_is_judged_by_its_own_pins(project):
+    """The CUDA set answers to requirements-gpu.txt and the CPU set to requirements-lesson.txt: a GPU stamp with the
+    GPU machine's versions is current, the same versions in the CPU set are stale, and the message names the file."""
+    record(project)
+    file_as_cuda(project / "outputs", "demo")
+    record(project)                                                           # the notebook follows the GPU set
+    assert record(project, "--check").returncode == 0
+    cuda = recording(project, device="cuda")
+    assert cuda["environment"]["torch"].endswith("+cu130")                     # shown in full
+    data = recording(project)
+    data["environment"]["torch"] = cuda["environment"]["torch"]
+    (project / "outputs" / "cpu" / "demo.json").write_text(json.dumps(data))
+    check = record(project, "--check")
+    assert check.returncode == 1
+    assert (f"demo (cpu): stale: recorded with torch {cuda['environment']['torch']}, pinned "
+            f"{environment.pinned(environment.PINS_FILES['cpu'])['torch']} (requirements-lesson.txt)") in check.stdout
+
+
+def test_other_versions_are_recorded_stamped_as_they_are_with_a_warning(project, monkeypatch, capsys):
+    """A reader whose versions differ from the pins is not refused: the recording is made and stamped with what ran,
+    and the warning says which pins the published set needs and what --check will say."""
+    from tools import record as recorder
+    pins = project / "requirements-lesson.txt"
+    pins.write_text(environment.PINS_FILES["cpu"].read_text().replace(
+        f"torch=={environment.installed('torch')}", "torch==9.9.9"))
+    monkeypatch.setitem(environment.PINS_FILES, "cpu", pins)
+    args = ["--device", "cpu", "--snippets", str(project / "snippets"), "--out", str(project / "outputs")]
+    assert recorder.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "demo: recorded on cpu" in out
+    assert err.count(f"torch {environment.installed('torch')}, pinned 9.9.9") == 2       # before and after
+    assert "pip install -r requirements-lesson.txt" in err and "--check" in err
+    assert recording(project)["environment"]["torch"] == environment.installed("torch")
+    assert recorder.main([*args, "--check"]) == 1
+    assert "pinned 9.9.9 (requirements-lesson.txt)" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from bs4 import BeautifulSoup
 
 from conftest import file_as_cuda
 from site_build import ROOT, build
-from tools import hook, recordings, snippets
+from tools import environment, hook, recordings, snippets
 
 CHAPTERS = sorted((ROOT / "docs").rglob("*.md"))                     # both editions
 TEACHING = [*sorted((ROOT / "docs").glob("index*.md")), *sorted((ROOT / "docs" / "chapters").glob("*.md"))]  # both editions
@@ -214,7 +214,8 @@ def copy_of_project(tmp_path):
     for name in ("docs", "snippets", "tools", "overrides"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)
-    shutil.copy(ROOT / "requirements-lesson.txt", tmp_path)
+    for pins in environment.PINS_FILES.values():
+        shutil.copy(pins, tmp_path)
     return tmp_path
 
 

@@ -3,8 +3,11 @@ is current. No torch import here (that takes seconds): versions come from packag
 
 A recording is *current* when it was made from the snippet's present bytes and its ``key`` (device class and the
 versions of the libraries that can change what a snippet prints) equals ``expected_key`` for its device class: the
-versions pinned in ``requirements-lesson.txt``. Everything else in the stamp (the machine's name, the kernel build,
-the Python patch release, the date) is shown on the site but never makes a recording stale. ``tools.record``,
+versions pinned for that class (``PINS_FILES``: ``requirements-lesson.txt`` for the CPU set, which CI records;
+``requirements-gpu.txt`` for the CUDA set, which is recorded on a GPU machine whose torch cannot be changed).
+Versions are compared as public versions: ``2.11.0+cu130`` is ``2.11.0`` (the stamp keeps the full string, and the
+site shows it). Everything else in the stamp (the machine's name, the kernel build, the Python patch release, the
+date) is shown on the site but never makes a recording stale. ``tools.record``,
 ``tools.record --check`` and the mkdocs hook all decide through ``tools.recordings.problems``, which uses this.
 """
 from __future__ import annotations
@@ -17,7 +20,10 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PINS_FILE = ROOT / "requirements-lesson.txt"
+PINS_FILES = {                          # the pins each device class's published recordings are made with
+    "cpu": ROOT / "requirements-lesson.txt",
+    "cuda": ROOT / "requirements-gpu.txt",
+}
 DEVICES = ("cuda", "cpu")               # the device classes, in the order the site shows them: GPU first
 LIBRARIES = ("torch", "torchvision", "torchsummary", "torchinfo", "numpy", "matplotlib")
 KEY_FIELDS = ("device", *LIBRARIES)     # the fields that decide whether a recording is current
@@ -95,8 +101,14 @@ def key(environment: dict) -> dict:
     return {field: environment.get(field) for field in KEY_FIELDS}
 
 
-def pinned(pins_file: Path = PINS_FILE) -> dict[str, str]:
-    """``{library: version}`` for every ``name==version`` line of requirements-lesson.txt (names lower-cased)."""
+def public(version: str | None) -> str | None:
+    """A version without its local part: '2.11.0+cu130' -> '2.11.0' (PEP 440: the local label names a build, not a
+    release)."""
+    return version.split("+", 1)[0] if version else version
+
+
+def pinned(pins_file: Path) -> dict[str, str]:
+    """``{library: version}`` for every ``name==version`` line of a requirements file (names lower-cased)."""
     pins = {}
     for line in Path(pins_file).read_text(encoding="utf-8").splitlines():
         match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)", line)
@@ -105,15 +117,21 @@ def pinned(pins_file: Path = PINS_FILE) -> dict[str, str]:
     return pins
 
 
-def expected_key(device: str, pins_file: Path = PINS_FILE) -> dict:
-    """What ``key`` must be for a recording of ``device`` to be current: the device and the pinned versions."""
-    pins = pinned(pins_file)
+def expected_key(device: str, pins_files: dict[str, Path] | None = None) -> dict:
+    """What ``key`` must be for a recording of ``device`` to be current: the device and the versions pinned for it."""
+    pins = pinned((pins_files or PINS_FILES)[device])
     return {"device": device, **{library: pins.get(library) for library in LIBRARIES}}
 
 
-def key_differences(environment: dict, device: str, pins_file: Path = PINS_FILE) -> list[str]:
-    """Human-readable differences between a stamp's key and the expected one, e.g. 'torch 2.13.0, pinned 2.14.1'."""
-    have, want = key(environment), expected_key(device, pins_file)
+def key_differences(environment: dict, device: str, pins_files: dict[str, Path] | None = None) -> list[str]:
+    """Human-readable differences between a stamp's key and the one expected for ``device``, comparing public
+    versions, e.g. 'torch 2.13.0, pinned 2.14.1'; [] when the stamp's key matches."""
+    have, want = key(environment), expected_key(device, pins_files)
     return [f"{field} {have[field]}, expected {want[field]}" if field == "device" else
             f"{field} {have[field]}, pinned {want[field]}"
-            for field in KEY_FIELDS if have[field] != want[field]]
+            for field in KEY_FIELDS if public(have[field]) != want[field]]
+
+
+def pins_name(device: str, pins_files: dict[str, Path] | None = None) -> str:
+    """The file that pins ``device``'s recordings, e.g. 'requirements-gpu.txt'."""
+    return Path((pins_files or PINS_FILES)[device]).name

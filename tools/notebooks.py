@@ -48,7 +48,7 @@ def outputs_of(result: dict, outputs_dir: Path) -> list:
 def colab_cell() -> nbformat.NotebookNode:
     """A first code cell that installs what Google Colab lacks (torch, torchvision, numpy and matplotlib are there),
     at the versions the lesson pins; elsewhere it installs nothing new. One line, and no output of its own."""
-    pins = environment.pinned()
+    pins = environment.pinned(environment.PINS_FILES["cpu"])  # the same in both sets
     return nbformat.v4.new_code_cell(
         f"%pip install -q torchsummary=={pins['torchsummary']} torchinfo=={pins['torchinfo']}  # for Colab",
         metadata={"title": "install"})

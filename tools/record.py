@@ -81,6 +81,19 @@ def write_notebook(path: Path, outputs_dir: Path) -> None:
     target.write_text(notebooks.text(notebooks.build(path, recording, outputs_dir, everything)), encoding="utf-8")
 
 
+def version_warning(device: str) -> str | None:
+    """What a reader needs to know before recording here with versions other than the ones pinned for ``device``'s
+    published set, or None when this environment has them. Recording goes on either way: the stamp says what ran."""
+    differences = environment.key_differences(environment.stamp(device), device)
+    if not differences:
+        return None
+    pins = environment.pins_name(device)
+    return (f"warning: this environment differs from {pins}, the pins of the published {device} recordings "
+            f"({'; '.join(differences)}). Recording anyway: each recording is stamped with the versions that ran, "
+            f"and `python -m tools.record --check` and `mkdocs build --strict` will list them as stale until they "
+            f"are recorded with the pinned versions (pip install -r {pins}) or {pins} pins what you have.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.record", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="snippet names (file stems); default: all")
@@ -119,11 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot record here: {problem}")
         print(f"{len(todo)} snippet(s) would be recorded on {device}")
         return 0
-    if todo and (differences := environment.key_differences(environment.stamp(device), device)):
-        print(f"error: this environment differs from requirements-lesson.txt ({'; '.join(differences)}): "
-              "recordings made here would be stale at once. Install the pins first: "
-              "pip install -r requirements.txt", file=sys.stderr)
-        return 2
+    other_versions = todo and version_warning(device)
+    if other_versions:
+        print(other_versions, file=sys.stderr)
     failures, started = [], time.perf_counter()
     for path in paths:
         if path not in todo:
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs another machine: {problem}")
     print(f"{len(paths)} snippet(s), {time.perf_counter() - started:.1f} s"
           + (f"; failed: {', '.join(failures)}" if failures else ""))
+    if other_versions:
+        print(other_versions, file=sys.stderr)
     return 1 if failures else 0
 
 

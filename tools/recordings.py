@@ -71,7 +71,7 @@ def notebook_problem(snippet: Path, recording: dict, outputs_dir: Path = OUTPUTS
 
 
 def reasons(path: Path, device: str, outputs_dir: Path = OUTPUTS_DIR,
-            pins_file: Path = environment.PINS_FILE) -> list[str]:
+            pins_files: dict[str, Path] | None = None) -> list[str]:
     """Why the ``device`` recording of snippet ``path`` needs re-running; [] when it is current."""
     recording = load(path.stem, device, outputs_dir)
     if recording is None:
@@ -81,9 +81,10 @@ def reasons(path: Path, device: str, outputs_dir: Path = OUTPUTS_DIR,
         found.append(f"stale: {path.name} changed since it was recorded")
     elif [c["name"] for c in recording["cells"]] != [c.name for c in snippets.cells(path)]:
         found.append("stale: the recording's cells differ from the snippet's")
-    differences = environment.key_differences(recording.get("environment", {}), device, pins_file)
+    differences = environment.key_differences(recording.get("environment", {}), device, pins_files)
     if differences:
-        found.append(f"stale: recorded with {'; '.join(differences)} (requirements-lesson.txt)")
+        found.append(f"stale: recorded with {'; '.join(differences)} "
+                     f"({environment.pins_name(device, pins_files)})")
     missing = [f for c in recording["cells"] for f in c["figures"] if not figure_file(f, outputs_dir).exists()]
     if missing:
         found.append(f"figure missing: {', '.join(missing)}")
@@ -109,9 +110,9 @@ class Problem:
 
 
 def problems(snippets_dir: Path = snippets.SNIPPETS_DIR, outputs_dir: Path = OUTPUTS_DIR,
-             pins_file: Path = environment.PINS_FILE) -> list[Problem]:
+             pins_files: dict[str, Path] | None = None) -> list[Problem]:
     """Every recording that needs re-running: a missing CPU recording; for every recording that exists, a snippet
-    whose bytes or cells changed, a library version other than the pinned one, a missing figure; a notebook that
+    whose bytes or cells changed, a library version other than the one pinned for its device class, a missing figure; a notebook that
     does not match; a recording whose snippet is gone."""
     found = []
     paths = snippets.find(snippets_dir)
@@ -120,7 +121,7 @@ def problems(snippets_dir: Path = snippets.SNIPPETS_DIR, outputs_dir: Path = OUT
         for device in DEVICES:
             if device != REQUIRED and not path_for(path.stem, device, outputs_dir).exists():
                 continue
-            why = reasons(path, device, outputs_dir, pins_file)
+            why = reasons(path, device, outputs_dir, pins_files)
             found += [Problem(path.stem, device, reason) for reason in why]
             current[device] = not why
         best = next(iter(current))            # the notebook follows the preferred recording
