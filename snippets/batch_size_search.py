@@ -8,10 +8,13 @@
 # bytes alive at one moment over two training steps with Adam (memory_timeline.py shows
 # why two: Adam's highest point is the second forward pass, where the activations sit
 # on top of the state that the first step created).
-# On CUDA: torch.cuda.max_memory_allocated() above a baseline taken after a warm-up, and
-# the budget is enforced by PyTorch's allocator (a real out-of-memory error). On the
-# CPU, which has no such limit: tensor bytes counted after each event, and a trial whose
-# count is over the budget counts as failed.
+# On CUDA the budget is on *reserved* memory, the segments PyTorch's caching allocator
+# holds from the driver (allocations rounded up to 512 bytes, segments to 2 or 20 MiB):
+# set_per_process_memory_fraction() limits reserved memory, and a trial that needs more
+# gets a real out-of-memory error. Each trial starts from the same reserved memory and
+# reports max_memory_reserved() and max_memory_allocated() above a baseline taken after
+# a warm-up. On the CPU, which has no allocator: tensor bytes counted after each event,
+# and a trial whose count is over the budget counts as failed.
 import gc
 import textwrap
 from typing import NamedTuple
@@ -25,6 +28,7 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu_name)
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 
 
 def say(text, first="", rest=None):
@@ -57,9 +61,12 @@ print(f"Our refinement: double from {START} (up to a cap of {CAP:,}), then bisec
 
 # %% trial
 criterion = nn.CrossEntropyLoss()
-if device.type == "cuda":
-    PEAK_LABEL = "CUDA allocator peak above baseline"
-    COUNTED = "max_memory_allocated() over the two steps, minus the baseline below"
+if ALLOCATOR:
+    PEAK_LABEL = "CUDA allocator, above the baseline"
+    COUNTED = (
+        "max_memory_reserved() (what the budget limits) and max_memory_allocated() "
+        "over the two steps, minus the baseline below"
+    )
 else:
     PEAK_LABEL = "counted tensor bytes"
     COUNTED = (
@@ -80,17 +87,32 @@ def counted_bytes(tensors, saved):
     return sum(sizes.values())
 
 
+def cuda_memory():
+    """(allocated, reserved, most allocated, most reserved since the last reset), in
+    bytes: the CUDA caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return (
+        torch.cuda.memory_allocated(),
+        torch.cuda.memory_reserved(),
+        torch.cuda.max_memory_allocated(),
+        torch.cuda.max_memory_reserved(),
+    )
+
+
 def training_step_peak(batches, baseline=None):
     """Peak memory of a training step: the largest total of tensor bytes alive at one
     moment over two training steps with Adam, from a fresh model.
-    CUDA: max_memory_allocated() above `baseline` (default: what is allocated now).
+    CUDA: max_memory_allocated() and max_memory_reserved() above `baseline`, a pair
+    (allocated, reserved) (default: what is allocated and reserved now); cached blocks
+    are given back first, so that every call starts from the same reserved memory.
     CPU: bytes counted after each event (batch to device, forward with the loss,
     backward, optimizer step, zero_grad).
-    Returns (bytes, the event of the CPU peak or None on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    Returns (allocated bytes, reserved bytes or None on the CPU, the event of the CPU
+    peak or None on CUDA)."""
+    if ALLOCATOR:
+        torch.cuda.empty_cache()  # a measurement, not a cure: see trial()
         if baseline is None:
-            baseline = torch.cuda.memory_allocated()
+            baseline = cuda_memory()[:2]
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = MLP().to(device)
@@ -100,10 +122,10 @@ def training_step_peak(batches, baseline=None):
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     def count(event):
-        if device.type == "cpu":
+        if not ALLOCATOR:
             params = list(model.parameters())
             state = [
                 v
@@ -136,10 +158,11 @@ def training_step_peak(batches, baseline=None):
         count(f"{step}: optimizer step")
         optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline, None
-    return max(counts, key=lambda c: c[0])  # the first event with the most bytes
+    if ALLOCATOR:
+        _, _, allocated, reserved = cuda_memory()
+        return allocated - baseline[0], reserved - baseline[1], None
+    peak, event = max(counts, key=lambda c: c[0])  # the first event with the most
+    return peak, None, event
 
 
 def random_batches(batch_size):
@@ -150,18 +173,17 @@ def random_batches(batch_size):
     return [(images, labels)] * 2
 
 
-if device.type == "cuda":
+if ALLOCATOR:
     # Warm-up: one unmeasured trial, so that the CUDA context and cuBLAS's workspaces
     # (one per thread: backward runs on autograd's own) exist before any measurement.
     training_step_peak(random_batches(START))
     gc.collect()
-    torch.cuda.synchronize()
-    baseline = torch.cuda.memory_allocated()
-    blocks = torch.cuda.memory_stats().get("allocated.all.current", "?")
-    reserved = torch.cuda.memory_reserved()
+    torch.cuda.empty_cache()
+    baseline = cuda_memory()[:2]  # (allocated, reserved)
+    blocks = torch.cuda.memory_stats()["allocation.all.current"]
     say(
-        f"CUDA baseline after a warm-up trial at batch {START}: {baseline:,} bytes "
-        f"allocated in {blocks} blocks (memory_reserved {reserved:,})"
+        f"CUDA baseline after a warm-up trial at batch {START}: {baseline[0]:,} bytes "
+        f"allocated in {blocks} blocks, {baseline[1]:,} bytes reserved"
     )
     say(
         "that is the cuBLAS workspace and anything else already allocated: counted "
@@ -169,7 +191,7 @@ if device.type == "cuda":
         "  ",
     )
 else:
-    baseline = 0
+    baseline = None
     say(
         "CPU: no real out-of-memory here; a trial whose counted peak is over the "
         "budget counts as failed"
@@ -180,7 +202,8 @@ say(f"Each trial: peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
 class Trial(NamedTuple):
     batch: int
     fits: bool
-    peak: int | None  # None: out of memory before a reading
+    peak: int | None  # allocated (CPU: counted); None: out of memory before a reading
+    reserved: int | None  # CUDA: the reserved peak, what the budget limits
     event: str | None  # CPU: the event of the peak
     why: str
 
@@ -188,26 +211,34 @@ class Trial(NamedTuple):
 def trial(batch_size, budget_bytes):
     """Run two training steps at this batch size and judge them against the budget."""
     try:
-        peak, event = training_step_peak(random_batches(batch_size), baseline)
+        peak, reserved, event = training_step_peak(random_batches(batch_size), baseline)
     except torch.cuda.OutOfMemoryError:
-        peak, event = None, None
-    # The failed call's tensors were its locals: collect them now. No empty_cache()
-    # here: when a cudaMalloc fails (also against set_per_process_memory_fraction's
-    # limit), PyTorch's caching allocator frees its cached blocks that are not split and
-    # retries before it raises OutOfMemoryError, so what an earlier trial left cached
-    # is handed back by itself when a later trial needs it.
+        peak = reserved = event = None
+    # The failed call's tensors were its locals: collect them now. A training run needs
+    # no empty_cache() after an OOM: when a cudaMalloc fails (also against
+    # set_per_process_memory_fraction's limit), PyTorch's caching allocator frees its
+    # cached blocks that are not split and retries before it raises OutOfMemoryError.
+    # The search empties the cache before each trial only so that every trial starts
+    # from the same reserved memory and its max_memory_reserved() is its own.
     gc.collect()
     at = f"; peak at '{event}'" if event else ""
-    if device.type == "cuda" and torch.cuda.memory_allocated() != baseline:
-        left = torch.cuda.memory_allocated() - baseline  # should not happen: say so
-        at += f"; {left:+,} bytes still allocated after the trial"
+    if ALLOCATOR and (left := cuda_memory()[0] - baseline[0]):
+        at += f"; {left:+,} bytes still allocated after the trial"  # should not happen
     if peak is None:
         why = "OUT OF MEMORY (torch.cuda.OutOfMemoryError)"
-        return Trial(batch_size, False, None, None, why)
-    if peak > budget_bytes:
-        how = "counted, no real OOM" if device.type == "cpu" else "measured"
-        return Trial(batch_size, False, peak, event, f"over budget ({how}){at}")
-    return Trial(batch_size, True, peak, event, f"fits{at}")
+        return Trial(batch_size, False, None, None, None, why)
+    used = reserved if ALLOCATOR else peak  # what the budget is on
+    if used > budget_bytes:
+        how = "reserved" if ALLOCATOR else "counted, no real OOM"
+        return Trial(
+            batch_size, False, peak, reserved, event, f"over budget ({how}){at}"
+        )
+    return Trial(batch_size, True, peak, reserved, event, f"fits{at}")
+
+
+def budgeted(t):
+    """What the budget is on: reserved memory on CUDA, counted bytes on the CPU."""
+    return t.reserved if ALLOCATOR else t.peak
 
 
 # %% search
@@ -227,10 +258,10 @@ def search(budget_bytes, start=START, cap=CAP):
     bisect between the largest size that fitted and the first that failed."""
     if cap < start:
         raise ValueError(f"cap {cap} is below the start size {start}")
-    if device.type == "cuda":  # a real limit: baseline + budget, then OOM
+    if ALLOCATOR:  # a real limit on reserved memory: baseline + budget, then OOM
         total = torch.cuda.mem_get_info()[1]  # the limit is a fraction of this
         torch.cuda.set_per_process_memory_fraction(
-            min(1.0, (baseline + budget_bytes) / total)
+            min(1.0, (baseline[1] + budget_bytes) / total)
         )
     trials = []
 
@@ -254,7 +285,7 @@ def search(budget_bytes, start=START, cap=CAP):
                 else:
                     bad = middle
     finally:
-        if device.type == "cuda":
+        if ALLOCATOR:
             torch.cuda.set_per_process_memory_fraction(1.0)  # later cells: no limit
     if good is None:
         outcome = "nothing fits"
@@ -262,7 +293,7 @@ def search(budget_bytes, start=START, cap=CAP):
         message = f"not even the start size, {start:,}, fits: " + (
             "it ran out of memory"
             if first.peak is None
-            else f"its peak, {first.peak:,} bytes, is over the budget"
+            else f"its peak, {budgeted(first):,} bytes, is over the budget"
         )
     elif bad is None:
         outcome = "reached the cap"
@@ -312,12 +343,15 @@ def line_text(result):
 
 
 result = search(BUDGET_BYTES)
+reserved = f" {'reserved':>13}" if ALLOCATOR else ""
 print(
-    f"{'trial':>5} {'batch':>7} {'peak bytes':>13}   (peak memory of a training "
-    f"step, {PEAK_LABEL})"
+    f"{'trial':>5} {'batch':>7} {'peak bytes':>13}{reserved}   (peak memory of a "
+    f"training step, {PEAK_LABEL})"
 )
 for number, t in enumerate(result.trials, start=1):
     shown = "?" if t.peak is None else f"{t.peak:,}"
+    if ALLOCATOR:
+        shown = f"{shown:>13} {'?' if t.reserved is None else f'{t.reserved:,}':>13}"
     print(f"{number:>5} {t.batch:>7,} {shown:>13}   {t.why}")
 say(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
 say(
@@ -325,7 +359,7 @@ say(
     f"{line_text(result)}"
 )
 line = fitted_line(result)
-if line is not None and device.type == "cpu":
+if line is not None and not ALLOCATOR:
     params = sum(p.numel() * p.element_size() for p in MLP().parameters())
     say(
         f"CPU: of the fixed part, {params:,} bytes are the parameters and "
@@ -347,16 +381,20 @@ if line is not None and device.type == "cpu":
 # %% small-budgets
 # The search must end cleanly, and say why, whatever the budget. Three tiny budgets,
 # made from measured peaks, give the three edge cases.
-peak_start = training_step_peak(random_batches(START), baseline)[0]
-peak_next = training_step_peak(random_batches(2 * START), baseline)[0]
+MEASURE = 1 if ALLOCATOR else 0  # the budget is on reserved memory on CUDA
+peak_start = training_step_peak(random_batches(START), baseline)[MEASURE]
+peak_next = training_step_peak(random_batches(2 * START), baseline)[MEASURE]
 gc.collect()
 peaks = f"batch {START}: {peak_start:,} bytes; batch {2 * START}: {peak_next:,} bytes"
-print(f"Peak memory of a training step ({PEAK_LABEL}):\n  {peaks}")
+measured = "Reserved memory" if ALLOCATOR else "Peak memory"
+print(f"{measured} of a training step ({PEAK_LABEL}):\n  {peaks}")
 print("Three budgets made from them, one search each:")
 cases = [
     (f"half the peak at batch {START}", peak_start // 2, CAP),
     (
-        f"between the peaks at {START} and {2 * START}",
+        f"between the peaks at {START} and {2 * START}"
+        if peak_next > peak_start
+        else f"the peak at {START}, the same as at {2 * START}",
         (peak_start + peak_next) // 2,
         CAP,
     ),
@@ -376,13 +414,13 @@ for label, budget, cap in cases:
 # %% chart
 plt.rcParams["font.size"] = 10
 fig, ax = plt.subplots(figsize=(7, 5.4), layout="constrained")
-ok = sorted((t.batch, t.peak / MiB) for t in result.trials if t.fits)
-over = [(t.batch, t.peak / MiB) for t in result.trials if not t.fits and t.peak]
+ok = sorted((t.batch, budgeted(t) / MiB) for t in result.trials if t.fits)
+over = [(t.batch, budgeted(t) / MiB) for t in result.trials if not t.fits and t.peak]
 oom = [t.batch for t in result.trials if t.peak is None]
 if ok:
     ax.plot(*zip(*ok), "o-", label="fits")
 if over:
-    how = "measured" if device.type == "cuda" else "counted"
+    how = "reserved" if ALLOCATOR else "counted"
     ax.plot(*zip(*over), "x", color="red", markersize=9, label=f"over budget ({how})")
 if oom:
     at_budget = [BUDGET_BYTES / MiB] * len(oom)
@@ -407,7 +445,11 @@ ax.set_xlabel("batch size (samples, log scale)")
 ax.set_ylabel("peak memory of a training step\n(MiB, log scale)")
 ax.set_title(
     f"Batch-size search on {device.type.upper()}: two Adam steps of the MNIST MLP"
-    + ("" if device.type == "cuda" else "\n(CPU: counted tensor bytes)")
+    + (
+        "\n(CUDA: reserved memory, what the budget limits)"
+        if ALLOCATOR
+        else "\n(CPU: counted tensor bytes)"
+    )
 )
 fig.legend(loc="outside lower center", ncols=2)
 plt.show()

@@ -104,8 +104,13 @@ with torch.no_grad():
 diff = max((first_logits[n] - first_logits[1]).abs().max().item() for n in (64, 1000))
 print("Test image 0, logits with batch size 1:")
 print("  " + " ".join(f"{v:+.4f}" for v in first_logits[1].tolist()))
+# float32 sums in another order (each batch size may pick another kernel) differ in
+# the last bits; TF32 would round much more, and matmuls do not use it unless asked:
+TOLERANCE = 1e-5  # absolute, for logits of size about 1
 print(f"Largest difference of those logits at batch size 64 or 1000: {diff:.2e}")
-assert diff < 1e-5
+tf32 = torch.backends.cuda.matmul.allow_tf32
+verdict = "the same" if diff <= TOLERANCE else "NOT the same"
+print(f"{verdict} within {TOLERANCE:.0e} (float32; TF32 matmuls allowed: {tf32})")
 shape = tuple(model.layer1.weight.shape)
 print(f"The same model with the same {n_params:,} parameters took every batch size;")
 print(f"layer1.weight is {shape}: no batch axis.")

@@ -217,7 +217,7 @@ def training_step_peak(batches, baseline=None):
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     def count(event):
         if device.type == "cpu":
@@ -277,7 +277,7 @@ def forward_saving(model, images, labels):
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         output = model(images)

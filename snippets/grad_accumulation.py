@@ -26,7 +26,8 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
-METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
+METHOD = "CUDA allocator" if ALLOCATOR else "counted tensor bytes"
 
 
 def say(text):
@@ -62,18 +63,27 @@ class MLP(nn.Module):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
 
+def cuda_memory():
+    """(bytes allocated now, the most allocated since the last reset): the CUDA
+    caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
 class Meter:
     """Memory from its creation on, after each check(event).
     CUDA: memory_allocated() and max_memory_allocated() above what was allocated at
-    the start. CPU: the bytes of the storages shown to see() (and, through pack(), of
-    those autograd saves for backward) that still exist, each storage once; a weak
+    the start; the peak is read at every check and kept, because any later
+    reset_peak_memory_stats() (another Meter, a notebook cell) sets it back.
+    CPU: the bytes of the storages shown to see() (and, through pack(), of those
+    autograd saves for backward) that still exist, each storage once; a weak
     reference to each storage tells whether it has been freed."""
 
     def __init__(self):
         self.storages, self.events = {}, []  # address -> (weak reference, bytes)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            self.baseline = torch.cuda.memory_allocated()
+        self.highest = 0  # CUDA: the peak so far, stored as it is measured
+        if ALLOCATOR:
+            self.baseline = cuda_memory()[0]
             torch.cuda.reset_peak_memory_stats()
 
     def see(self, *tensors):
@@ -92,19 +102,20 @@ class Meter:
         self.see(t)
         return t.detach()
 
-    def now(self):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() - self.baseline
-        return sum(n for weak, n in self.storages.values() if not weak.expired())
-
     def check(self, event):
-        self.events.append((event, self.now()))
+        if ALLOCATOR:
+            now, peak = cuda_memory()
+            self.highest = max(self.highest, peak - self.baseline)
+            self.events.append((event, now - self.baseline))
+        else:
+            live = (n for weak, n in self.storages.values() if not weak.expired())
+            self.events.append((event, sum(live)))
 
     def peak(self):
-        """(bytes, event): on CUDA the allocator's peak, between events too."""
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated() - self.baseline, "-"
+        """(bytes, event): on CUDA the allocator's peak up to the last check, between
+        events too."""
+        if ALLOCATOR:
+            return self.highest, "-"
         event, peak = max(self.events, key=lambda e: e[1])
         return peak, event
 
@@ -119,7 +130,7 @@ full_loader = DataLoader(images_used, batch_size=EFFECTIVE, shuffle=False)
 micro_loader = DataLoader(images_used, batch_size=MICRO, shuffle=False)
 criterion = nn.CrossEntropyLoss()
 START = MLP().state_dict()  # both ways start from these weights
-if device.type == "cuda":  # warm-up: cuBLAS's workspace is allocated once, up front
+if ALLOCATOR:  # warm-up: cuBLAS's workspace is allocated once, up front
     warm = MLP().to(device)
     images, labels = next(iter(micro_loader))
     criterion(warm(images.to(device)), labels.to(device)).backward()
@@ -167,14 +178,14 @@ full_gradients, full_meter = one_update(full_loader, steps=1)
 micro_gradients, micro_meter = one_update(micro_loader, steps=STEPS)
 
 # %% peaks
-where = "  at the event" if device.type == "cpu" else ""
+where = "" if ALLOCATOR else "  at the event"
 print(f"{'one update as':<24} {'peak bytes':>11}{where}   ({METHOD})")
 for label, meter in (
     (f"one batch of {EFFECTIVE}", full_meter),
     (f"{STEPS} micro-batches of {MICRO}", micro_meter),
 ):
     peak, event = meter.peak()
-    print(f"{label:<24} {peak:>11,}" + (f"  {event}" if device.type == "cpu" else ""))
+    print(f"{label:<24} {peak:>11,}" + ("" if ALLOCATOR else f"  {event}"))
 full_peak, micro_peak = full_meter.peak()[0], micro_meter.peak()[0]
 print(
     f"Accumulation: {micro_peak / full_peak:.2f} of the full batch's peak, "

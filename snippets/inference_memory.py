@@ -27,7 +27,8 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
-METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
+METHOD = "CUDA allocator" if ALLOCATOR else "counted tensor bytes"
 
 
 def say(text):
@@ -63,18 +64,27 @@ class MLP(nn.Module):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
 
+def cuda_memory():
+    """(bytes allocated now, the most allocated since the last reset): the CUDA
+    caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
 class Meter:
     """Memory from its creation on, after each check(event).
     CUDA: memory_allocated() and max_memory_allocated() above what was allocated at
-    the start. CPU: the bytes of the storages shown to see() (and, through pack(), of
-    those autograd saves for backward) that still exist, each storage once; a weak
+    the start; the peak is read at every check and kept, because any later
+    reset_peak_memory_stats() (another Meter, a notebook cell) sets it back.
+    CPU: the bytes of the storages shown to see() (and, through pack(), of those
+    autograd saves for backward) that still exist, each storage once; a weak
     reference to each storage tells whether it has been freed."""
 
     def __init__(self):
         self.storages, self.events = {}, []  # address -> (weak reference, bytes)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            self.baseline = torch.cuda.memory_allocated()
+        self.highest = 0  # CUDA: the peak so far, stored as it is measured
+        if ALLOCATOR:
+            self.baseline = cuda_memory()[0]
             torch.cuda.reset_peak_memory_stats()
 
     def see(self, *tensors):
@@ -86,19 +96,20 @@ class Meter:
                     weak = StorageWeakRef(storage)
                     self.storages[storage.data_ptr()] = (weak, storage.nbytes())
 
-    def now(self):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() - self.baseline
-        return sum(n for weak, n in self.storages.values() if not weak.expired())
-
     def check(self, event):
-        self.events.append((event, self.now()))
+        if ALLOCATOR:
+            now, peak = cuda_memory()
+            self.highest = max(self.highest, peak - self.baseline)
+            self.events.append((event, now - self.baseline))
+        else:
+            live = (n for weak, n in self.storages.values() if not weak.expired())
+            self.events.append((event, sum(live)))
 
     def peak(self):
-        """(bytes, event): on CUDA the allocator's peak, between events too."""
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated() - self.baseline, "-"
+        """(bytes, event): on CUDA the allocator's peak up to the last check, between
+        events too."""
+        if ALLOCATOR:
+            return self.highest, "-"
         event, peak = max(self.events, key=lambda e: e[1])
         return peak, event
 
@@ -109,7 +120,7 @@ transform = transforms.Compose(
 test_loader = DataLoader(load_mnist(False, transform), batch_size=1000, shuffle=False)
 images, labels = next(iter(test_loader))  # the lesson's test batch: 1000 images
 criterion = nn.CrossEntropyLoss()
-if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up front
+if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated once, up front
     warm = MLP().to(device)
     criterion(warm(images[:64].to(device)), labels[:64].to(device)).backward()
     del warm
@@ -176,12 +187,12 @@ def run(mode):
 
 
 results = {mode: run(mode) for mode in MODES}
-at = "  at" if device.type == "cpu" else ""
+at = "" if ALLOCATOR else "  at"
 print(f"{'mode':<23} {'saved':>10}{'tensors':>8}{'after loss':>12}{'peak':>12}{at}")
 for mode, (saved_bytes, count, meter, _) in results.items():
     peak, event = meter.peak()
     after_loss = dict(meter.events)["loss"]
-    where = f"  {event}" if device.type == "cpu" else ""
+    where = "" if ALLOCATOR else f"  {event}"
     print(f"{mode:<23} {saved_bytes:>10,}{count:>8}{after_loss:>12,}{peak:>12,}{where}")
 say(
     f"(bytes, {METHOD}; saved: what autograd saved for backward beyond the "

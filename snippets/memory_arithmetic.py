@@ -239,13 +239,13 @@ def saved_activation_bytes(images, labels):
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = nn.functional.cross_entropy(model(images), labels)
     counted = [*model.parameters(), images, labels]  # parts of their own
     known = {t.untyped_storage().data_ptr() for t in counted}
-    del loss  # the saved tensors are freed with the graph
+    del loss  # the graph and the saved tensors are freed with it
     return sum(n for ptr, n in saved.items() if ptr not in known)
 
 

@@ -84,13 +84,17 @@ if device.type == "cuda":  # warm-up: the first matmul allocates cuBLAS's worksp
 
 # %% saved-tensors
 def forward_recording_saved(model, images, labels):
-    """Forward + loss while recording every tensor autograd saves for backward
-    (shape, dtype, storage)."""
+    """Forward + loss while recording every tensor autograd saves for backward:
+    (the operation that made it or None, shape, dtype, storage address, bytes)."""
     saved = []
 
     def pack(t):
-        saved.append((t, t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
-        return t
+        made_by = t.grad_fn.name().removesuffix("Backward0") if t.grad_fn else None
+        storage = t.untyped_storage()
+        saved.append(
+            (made_by, tuple(t.shape), t.dtype, storage.data_ptr(), storage.nbytes())
+        )
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         output = model(images)
@@ -108,17 +112,10 @@ def classify(model, images, labels, saved):
     known[images.untyped_storage().data_ptr()] = "input images (the batch)"
     known[labels.untyped_storage().data_ptr()] = "labels (the batch)"
     unique = {}  # storage address -> (what, shape, dtype, bytes, already counted?)
-    for t, ptr, size in saved:
+    for made_by, shape, dtype, ptr, size in saved:
         if ptr not in unique:
-            made_by = t.grad_fn.name().removesuffix("Backward0") if t.grad_fn else None
             new = f"NEW: {made_by} output" if made_by else "NEW: made in the loss"
-            unique[ptr] = (
-                known.get(ptr, new),
-                tuple(t.shape),
-                t.dtype,
-                size,
-                ptr in known,
-            )
+            unique[ptr] = (known.get(ptr, new), shape, dtype, size, ptr in known)
     return unique
 
 
@@ -144,7 +141,7 @@ model = MLP().to(device)
 images, labels = mnist_images.to(device), mnist_labels.to(device)
 output, loss, saved = forward_recording_saved(model, images, labels)
 saved_by = who_saved(loss)
-distinct = len({ptr for _, ptr, _ in saved})
+distinct = len({ptr for *_, ptr, _ in saved})
 n_saved = len(saved)
 print(
     f"Batch 1024: autograd saved {n_saved} tensors for backward, in {distinct} storages"

@@ -126,7 +126,7 @@ def two_steps(optimizer_name, log=False):
 
     def pack(t):
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # t itself would keep a saved output alive in a cycle
 
     def record():
         if device.type == "cuda":

@@ -53,7 +53,7 @@ else:
 message = None
 if device.type == "cuda":
     try:  # a private API: it may change between releases
-        torch.cuda.memory._record_memory_history(max_entries=100_000)
+        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
         recording = True
     except (AttributeError, RuntimeError, TypeError) as error:
         print(f"No allocator history here ({type(error).__name__}: {error})")
