@@ -248,6 +248,11 @@ def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a
     cell_tabs = [pair for pair in labels if pair and pair[0].startswith("GPU · ")]
     assert cell_tabs and all(pair[0] == "GPU · NVIDIA H200" and pair[1].startswith("CPU · ") for pair in cell_tabs)
     assert "Device: cuda (NVIDIA H200)" in text and "Device: cpu" in text
+    gpu_torch = environment.pinned(environment.PINS_FILES["cuda"])["torch"] + "+cu130"
+    cpu_torch = environment.pinned(environment.PINS_FILES["cpu"])["torch"]
+    stamps = [p.get_text(" ", strip=True) for p in soup.select(".cell-stamp")]
+    assert any(f"GPU · NVIDIA H200 (torch {gpu_torch}, CUDA 13.0" in line and f"(torch {cpu_torch}," in line
+               for line in stamps), stamps                                  # each recording names its own torch
     notebook = (tmp_path / "after" / "notebooks" / "mnist_mlp" / "index.html").read_text()
     assert "Outputs recorded on GPU · NVIDIA H200" in notebook
 
