@@ -1,8 +1,10 @@
 # %% setup
-# Gradient accumulation: 16 micro-batches of 64 MNIST images, each loss scaled by 1/16
-# and the gradients of all 16 added up by backward(), against one batch of 1024, from
-# the same starting weights on the same 1024 images. The gradients are compared number
-# by number, and the peak memory of one Adam update is measured for each way.
+# Gradient accumulation: 16 micro-batches of 64 MNIST images, each loss weighted by its
+# share of the samples (64/1024 = 1/16) and the gradients of all 16 added up by
+# backward(), against one batch of 1024, from the same starting weights on the same
+# 1024 images. The gradients are compared number by number, and the peak memory of one
+# Adam update is measured for each way. Then 1000 images, whose last micro-batch is
+# smaller: dividing by the number of micro-batches is no longer exact; the share is.
 # On CUDA the memory is the allocator's: max_memory_allocated() above what was
 # allocated before. On the CPU, which has no allocator counter, it is counted tensor
 # bytes after each event: parameters, gradients, Adam's state, batch, logits, loss and
@@ -143,10 +145,11 @@ print(f"Memory: {METHOD}")
 
 
 # %% one-update
-def one_update(loader, steps):
-    """One Adam update from START over every batch of `loader`, each batch's loss
-    divided by `steps`. Returns the gradients just before the optimizer step (copied
-    to host memory) and the Meter."""
+def one_update(loader, share):
+    """One Adam update from START over every batch of `loader`, each batch's mean loss
+    multiplied by share(n), n the batch's size. With share(n) = n / (all samples) the
+    sum is the mean over all samples, whatever the batch sizes. Returns the gradients
+    just before the optimizer step (copied to host memory) and the Meter."""
     meter = Meter()
     model = MLP().to(device)
     model.load_state_dict(START)
@@ -159,7 +162,7 @@ def one_update(loader, steps):
         meter.check(f"{step}: batch to device")
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             output = model(images)
-            loss = criterion(output, labels) / steps  # the mean over `steps` batches
+            loss = criterion(output, labels) * share(len(labels))
         meter.see(output, loss)
         meter.check(f"{step}: forward")
         loss.backward()  # adds this batch's gradients to .grad
@@ -174,8 +177,9 @@ def one_update(loader, steps):
     return gradients, meter
 
 
-full_gradients, full_meter = one_update(full_loader, steps=1)
-micro_gradients, micro_meter = one_update(micro_loader, steps=STEPS)
+# each batch's loss weighted by its share of the 1024 samples: 1024/1024, or 64/1024
+full_gradients, full_meter = one_update(full_loader, lambda n: n / EFFECTIVE)
+micro_gradients, micro_meter = one_update(micro_loader, lambda n: n / EFFECTIVE)
 
 # %% peaks
 where = "" if ALLOCATOR else "  at the event"
@@ -194,6 +198,13 @@ print(
 
 # %% compare
 TOLERANCE = 1e-6  # absolute, for every single number of every gradient
+
+
+def largest_difference(gradients, others):
+    """The largest absolute difference between two lists of gradients."""
+    return max((a - b).abs().max().item() for a, b in zip(gradients, others))
+
+
 names = [n for n, _ in MLP().named_parameters()]
 print(
     f"{'gradient':<14} {'shape':<11} {'largest |value|':>16} {'max |difference|':>17}"
@@ -211,16 +222,18 @@ print(
     f"Largest difference {worst:.1e}, tolerance {TOLERANCE:.0e} (absolute): "
     f"{verdict} within the tolerance"
 )
-say(
-    "The differences are float32 rounding: the same sums are added up in a different "
-    "order."
-)
-unscaled, _ = one_update(micro_loader, steps=1)  # the classic mistake: no 1/16
+if worst <= TOLERANCE:
+    say("The differences are float32 rounding: the same sums in another order.")
+else:
+    say("Check the weights: each loss times its batch's share of the samples.")
+unscaled, _ = one_update(micro_loader, lambda n: 1)  # the classic mistake: no 1/16
 ratio = (
     torch.cat([g.flatten() for g in unscaled]).norm()
     / torch.cat([g.flatten() for g in full_gradients]).norm()
 )
-print(f"Without dividing each loss by {STEPS}: gradients {ratio:.2f} times too large")
+print(
+    f"Without weighting each loss by 1/{STEPS}: gradients {ratio:.2f} times too large"
+)
 say(
     f"Learning rate: choose it for the effective batch of {EFFECTIVE}, not for "
     f"{MICRO}: each update is the one a batch of {EFFECTIVE} makes, and there are "
@@ -231,6 +244,26 @@ say(
     f"not over all {EFFECTIVE} images, so with them accumulation does not reproduce "
     f"the large batch exactly (this MLP has none)."
 )
+
+# %% uneven
+UNEVEN = 1000  # not a multiple of 64: a DataLoader's last micro-batch is smaller
+uneven_images = Subset(images_used.dataset, range(UNEVEN))
+reference, _ = one_update(DataLoader(uneven_images, batch_size=UNEVEN), lambda n: 1)
+uneven_loader = DataLoader(uneven_images, batch_size=MICRO)
+sizes = [len(labels) for _, labels in uneven_loader]
+count = len(sizes)
+last = f"{count - 1} of {MICRO} and one of {sizes[-1]}"
+print(f"{UNEVEN} images: {count} micro-batches, {last}")
+rules = {
+    f"loss / {count}  (the number of micro-batches)": lambda n: 1 / count,
+    f"loss * n / {UNEVEN}  (each batch's share)": lambda n: n / UNEVEN,
+}
+print(f"{'each micro-batch':<44} {'max |difference|':>16}  vs one batch of {UNEVEN}")
+for rule, share in rules.items():
+    gradients, _ = one_update(uneven_loader, share)
+    worst = largest_difference(reference, gradients)
+    verdict = "equal" if worst <= TOLERANCE else "NOT equal"
+    print(f"{rule:<44} {worst:>16.1e}  {verdict} within {TOLERANCE:.0e}")
 
 # %% chart
 MiB = 2**20

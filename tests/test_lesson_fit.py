@@ -47,9 +47,58 @@ def test_accumulated_gradients_equal_the_full_batch_within_the_printed_tolerance
     assert [r[0] for r in rows] == ["layer1.weight", "layer1.bias", "layer2.weight", "layer2.bias"]
     assert max(float(r[2]) for r in rows) == pytest.approx(worst, rel=0.06)      # printed with 2 digits
     assert all(float(r[1]) > 100 * tolerance for r in rows)                      # the gradients are not ~0
-    assert "Without dividing each loss by 16: gradients 16.00 times too large" in compare
+    assert "Without weighting each loss by 1/16: gradients 16.00 times too large" in compare
+    assert "The differences are float32 rounding" in compare                   # said only when equal
     assert "Learning rate: choose it for the effective batch of 1024" in compare
     assert compare.count("BatchNorm-like layers compute their statistics over each micro-batch") == 1
+
+
+def test_uneven_micro_batches_need_each_loss_weighted_by_its_share(recorded):
+    """1000 images in micro-batches of 64: the last holds 40. Dividing by the number of micro-batches is then not
+    the full batch's gradient; weighting each loss by n / 1000 is."""
+    text = cell_output(recorded("grad_accumulation"), "uneven")
+    assert "1000 images: 16 micro-batches, 15 of 64 and one of 40" in text
+    by_count = search(r"^loss / 16  \(the number of micro-batches\)\s+([\d.e+-]+)  (.+)$", text)
+    by_share = search(r"^loss \* n / 1000  \(each batch's share\)\s+([\d.e+-]+)  (.+)$", text)
+    assert float(by_count[1]) > 1e-4 and by_count[2] == "NOT equal within 1e-06"
+    assert float(by_share[1]) <= 1e-6 and by_share[2] == "equal within 1e-06"
+
+
+def accumulation_namespace() -> dict:
+    """The namespace of grad_accumulation.py after its setup, one-update and compare cells (run here, on the CPU)."""
+    import contextlib
+    import io
+
+    from tools import snippets
+    path = snippets.SNIPPETS_DIR / "grad_accumulation.py"
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for cell in snippets.cells(path):
+            exec(compile(cell.source, str(path), "exec"), namespace)
+            if cell.name == "compare":
+                return namespace
+    raise AssertionError("grad_accumulation.py has no compare cell")
+
+
+@pytest.mark.parametrize("effective, micro", [(1000, 64), (100, 7), (37, 10), (50, 50), (513, 256), (64, 1)])
+def test_accumulation_with_shares_equals_the_full_batch_for_any_split(effective, micro, accumulation):
+    """The snippet's own update and comparison, with other sizes: each loss times n / effective gives the full
+    batch's gradients within the snippet's tolerance, however the last micro-batch falls."""
+    from torch.utils.data import DataLoader, Subset
+    ns = accumulation
+    images = Subset(ns["images_used"].dataset, range(effective))
+    reference, _ = ns["one_update"](DataLoader(images, batch_size=effective), lambda n: 1)
+    shared, _ = ns["one_update"](DataLoader(images, batch_size=micro), lambda n: n / effective)
+    assert ns["largest_difference"](reference, shared) <= ns["TOLERANCE"]
+    if effective % micro:                                            # the simple rule fails on an uneven split
+        count = -(-effective // micro)
+        divided, _ = ns["one_update"](DataLoader(images, batch_size=micro), lambda n: 1 / count)
+        assert ns["largest_difference"](reference, divided) > ns["TOLERANCE"]
+
+
+@pytest.fixture(scope="module")
+def accumulation():
+    return accumulation_namespace()
 
 
 def test_accumulation_peaks_below_the_full_batch(recorded):
