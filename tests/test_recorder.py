@@ -301,3 +301,14 @@ def test_other_versions_are_recorded_stamped_as_they_are_with_a_warning(project,
     assert recording(project)["environment"]["torch"] == environment.installed("torch")
     assert recorder.main([*args, "--check"]) == 1
     assert "pinned 9.9.9 (requirements-lesson.txt)" in capsys.readouterr().out
+
+
+def test_a_killed_recorders_scratch_folder_is_ignored_by_git():
+    """record_one writes into docs/outputs/<device>/.<name>-XXXX/ first; one left by a killed run is never
+    committed."""
+    for device in environment.DEVICES:
+        scratch = f"docs/outputs/{device}/.grad_accumulation-k2j4x9/result.json"
+        ignored = subprocess.run(["git", "check-ignore", "-q", scratch], cwd=ROOT)
+        assert ignored.returncode == 0, scratch
+    kept = subprocess.run(["git", "check-ignore", "-q", "docs/outputs/cuda/grad_accumulation.json"], cwd=ROOT)
+    assert kept.returncode == 1
