@@ -26,6 +26,7 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu_name)
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 
 
 def load_mnist(train, transform):
@@ -79,7 +80,7 @@ def train_step(model, optimizer, images, labels):
     return loss
 
 
-if device.type == "cuda":
+if ALLOCATOR:
     PEAK_LABEL = "CUDA allocator peak above baseline"
     COUNTED = (
         "max_memory_allocated() over two steps, minus what was allocated before "
@@ -105,6 +106,13 @@ def counted_bytes(tensors, saved):
     return sum(sizes.values())
 
 
+def cuda_memory():
+    """(bytes allocated now, the most allocated since the last reset): the CUDA
+    caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
 def training_step_peak(batches, baseline=None):
     """Peak memory of a training step: the largest total of tensor bytes alive at one
     moment over two training steps with Adam, from a fresh model.
@@ -112,10 +120,9 @@ def training_step_peak(batches, baseline=None):
     CPU: bytes counted after each event (batch to device, forward with the loss,
     backward, optimizer step, zero_grad).
     Returns (bytes, the event of the CPU peak or None on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if ALLOCATOR:
         if baseline is None:
-            baseline = torch.cuda.memory_allocated()
+            baseline = cuda_memory()[0]
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = MLP().to(device)
@@ -128,7 +135,7 @@ def training_step_peak(batches, baseline=None):
         return t.detach()  # t itself would keep a saved output alive in a cycle
 
     def count(event):
-        if device.type == "cpu":
+        if not ALLOCATOR:
             params = list(model.parameters())
             state = [
                 v
@@ -161,9 +168,8 @@ def training_step_peak(batches, baseline=None):
         count(f"{step}: optimizer step")
         optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline, None
+    if ALLOCATOR:
+        return cuda_memory()[1] - baseline, None
     return max(counts, key=lambda c: c[0])  # the first event with the most bytes
 
 

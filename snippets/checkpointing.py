@@ -22,13 +22,21 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
-METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
+METHOD = "CUDA allocator" if ALLOCATOR else "counted tensor bytes"
 WIDTH, DEPTH, BATCH = 1024, 8, 512
 
 
 def say(text):
     """Print a long sentence in lines of at most 88 characters."""
     print(textwrap.fill(text, 88, break_on_hyphens=False))
+
+
+def cuda_memory():
+    """(bytes allocated now, the most allocated since the last reset): the CUDA
+    caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
 
 
 class Meter:
@@ -40,9 +48,8 @@ class Meter:
 
     def __init__(self):
         self.storages, self.offset = {}, 0  # address -> (weak reference, bytes)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            self.baseline = torch.cuda.memory_allocated()
+        if ALLOCATOR:
+            self.baseline = cuda_memory()[0]
             torch.cuda.reset_peak_memory_stats()
 
     def see(self, *tensors):
@@ -62,9 +69,8 @@ class Meter:
         return t.detach()
 
     def now(self):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() - self.baseline - self.offset
+        if ALLOCATOR:
+            return cuda_memory()[0] - self.baseline - self.offset
         alive = sum(n for weak, n in self.storages.values() if not weak.expired())
         return alive - self.offset
 
@@ -139,15 +145,15 @@ def kept_for_backward(group):
     for handle in handles:
         handle.remove()
     model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        return kept, torch.cuda.max_memory_allocated() - meter.baseline
+    if ALLOCATOR:
+        return kept, cuda_memory()[1] - meter.baseline
     return kept, None
 
 
 kept = {label: kept_for_backward(group) for label, group in GROUPS.items()}
 MiB = 2**20
 header = f"{'checkpoints':<19} {'kept for backward':>24}"
-print(header + (f" {'peak of the step':>18}" if device.type == "cuda" else ""))
+print(header + (f" {'peak of the step':>26}" if ALLOCATOR else ""))  # over "N bytes"
 for label, (kept_bytes, peak) in kept.items():
     line = f"{label:<19} {kept_bytes:>14,} bytes = {kept_bytes / MiB:5.2f} MiB"
     print(line + (f" {peak:>12,} bytes" if peak is not None else ""))

@@ -29,6 +29,7 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu_name)
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 
 
 def load_mnist(train, transform):
@@ -87,9 +88,7 @@ model = MLP().to(device)  # the model both estimators look at
 param_bytes = nbytes(model.parameters())
 count = sum(p.numel() for p in model.parameters())
 print(f"The MLP: {count:,} parameters = {param_bytes:,} bytes (float32)")
-if (
-    device.type == "cuda"
-):  # warm-up: cuBLAS's workspaces are allocated before we measure
+if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated before we measure
     images, labels = mnist_images[:64].to(device), mnist_labels[:64].to(device)
     criterion(model(images), labels).backward()
     model.zero_grad()
@@ -171,7 +170,7 @@ print(
 # The measured figure is the peak memory of a training step, the same quantity that
 # batch_size_search.py and batch_size_effects.py measure: two training steps with Adam
 # from a fresh model, here on the first two MNIST batches of each size.
-if device.type == "cuda":
+if ALLOCATOR:
     PEAK_LABEL = "CUDA allocator peak above baseline"
     COUNTED = (
         "max_memory_allocated() over the two steps, minus what was allocated "
@@ -197,6 +196,13 @@ def counted_bytes(tensors, saved):
     return sum(sizes.values())
 
 
+def cuda_memory():
+    """(bytes allocated now, the most allocated since the last reset): the CUDA
+    caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
 def training_step_peak(batches, baseline=None):
     """Peak memory of a training step: the largest total of tensor bytes alive at one
     moment over two training steps with Adam, from a fresh model.
@@ -204,10 +210,9 @@ def training_step_peak(batches, baseline=None):
     CPU: bytes counted after each event (batch to device, forward with the loss,
     backward, optimizer step, zero_grad).
     Returns (bytes, the event of the CPU peak or None on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if ALLOCATOR:
         if baseline is None:
-            baseline = torch.cuda.memory_allocated()
+            baseline = cuda_memory()[0]
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = MLP().to(device)
@@ -220,7 +225,7 @@ def training_step_peak(batches, baseline=None):
         return t.detach()  # t itself would keep a saved output alive in a cycle
 
     def count(event):
-        if device.type == "cpu":
+        if not ALLOCATOR:
             params = list(model.parameters())
             state = [
                 v
@@ -253,9 +258,8 @@ def training_step_peak(batches, baseline=None):
         count(f"{step}: optimizer step")
         optimizer.zero_grad()  # set_to_none=True: the gradients are freed
         count(f"{step}: zero_grad")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline, None
+    if ALLOCATOR:
+        return cuda_memory()[1] - baseline, None
     return max(counts, key=lambda c: c[0])  # the first event with the most bytes
 
 
@@ -329,7 +333,7 @@ for batch_size in BATCHES:
     saved = f"saved activations {parts['activations']:,} (until backward)"
     print(f"    + batch {parts['batch']:,} + {saved}")
     print(f"    + logits and loss {parts['kept']:,}")
-if device.type == "cpu":
+if not ALLOCATOR:
     say(
         "(the parts are never all alive together: gradients appear at backward, when "
         "the saved activations are freed, and go at zero_grad)",
@@ -338,7 +342,7 @@ if device.type == "cpu":
 gc.collect()
 
 # %% compare
-kind = "peak (CUDA allocator)" if device.type == "cuda" else "peak (counted bytes)"
+kind = "peak (CUDA allocator)" if ALLOCATOR else "peak (counted bytes)"
 print(f"{'batch':>5} {'torchsummary':>13} {'torchinfo':>10} {kind:>22}", end="")
 print(f" {'peak/summary':>13} {'peak/info':>10}")
 for batch_size in BATCHES:

@@ -28,7 +28,8 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
-METHOD = "CUDA allocator" if device.type == "cuda" else "counted tensor bytes"
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
+METHOD = "CUDA allocator" if ALLOCATOR else "counted tensor bytes"
 
 
 def say(text):
@@ -64,6 +65,13 @@ class MLP(nn.Module):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
 
+def cuda_memory():
+    """Bytes allocated now: the CUDA caching allocator's counter, one for the whole
+    process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
+
+
 class Meter:
     """Memory in use from its creation on.
     CUDA: memory_allocated() above what was allocated at the start. CPU: the bytes of
@@ -73,9 +81,8 @@ class Meter:
 
     def __init__(self):
         self.storages, self.offset = {}, 0  # address -> (weak reference, bytes)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            self.baseline = torch.cuda.memory_allocated()
+        if ALLOCATOR:
+            self.baseline = cuda_memory()
 
     def see(self, *tensors):
         for t in tensors:
@@ -94,9 +101,8 @@ class Meter:
         return t.detach()
 
     def now(self):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() - self.baseline - self.offset
+        if ALLOCATOR:
+            return cuda_memory() - self.baseline - self.offset
         alive = sum(n for weak, n in self.storages.values() if not weak.expired())
         return alive - self.offset
 
@@ -112,7 +118,7 @@ test_loader = DataLoader(load_mnist(False, transform), batch_size=1000, shuffle=
 criterion = nn.CrossEntropyLoss()
 torch.manual_seed(0)
 model = MLP().to(device)  # untrained: memory depends on shapes, not on the weights
-if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up front
+if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated once, up front
     images, labels = next(iter(test_loader))
     criterion(model(images.to(device)), labels.to(device)).backward()
     model.zero_grad(set_to_none=True)

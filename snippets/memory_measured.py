@@ -24,6 +24,7 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu_name)
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 
 
 def load_mnist(train, transform):
@@ -68,13 +69,24 @@ def say(text, indent=""):
     print(textwrap.fill(text, 88, initial_indent=indent, subsequent_indent=indent))
 
 
+def cuda_memory():
+    """(allocated, the most allocated since the last reset, reserved), in bytes: the
+    CUDA caching allocator's counters, one set for the whole process."""
+    torch.cuda.synchronize()
+    return (
+        torch.cuda.memory_allocated(),
+        torch.cuda.max_memory_allocated(),
+        torch.cuda.memory_reserved(),
+    )
+
+
 normalize = transforms.Normalize((0.1307,), (0.3081,))
 transform = transforms.Compose([transforms.ToTensor(), normalize])
 train_dataset = load_mnist(True, transform)
 first_1024 = DataLoader(train_dataset, batch_size=1024, shuffle=False)
 mnist_images, mnist_labels = next(iter(first_1024))  # real MNIST
 criterion = nn.CrossEntropyLoss()
-if device.type == "cuda":  # warm-up: the first matmul allocates cuBLAS's workspace
+if ALLOCATOR:  # warm-up: the first matmul allocates cuBLAS's workspace
     warm = MLP().to(device)
     loss = criterion(warm(mnist_images[:64].to(device)), mnist_labels[:64].to(device))
     loss.backward()
@@ -177,20 +189,20 @@ OPTIMIZERS = {
 def measure_step(optimizer_name, batch_size):
     """One training step, phase by phase: counted tensor bytes (and on CUDA the
     allocator's figures)."""
-    if device.type == "cuda":
+    if ALLOCATOR:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    baseline = cuda_memory()[0] if ALLOCATOR else 0
     rows = []
 
     def record(phase, counted):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            allocated = torch.cuda.memory_allocated() - baseline
-            peak = torch.cuda.max_memory_allocated() - baseline
-            rows.append((phase, counted, allocated, peak, torch.cuda.memory_reserved()))
+        if ALLOCATOR:
+            allocated, peak, reserved = cuda_memory()
+            rows.append(
+                (phase, counted, allocated - baseline, peak - baseline, reserved)
+            )
         else:
             rows.append((phase, counted))
 
@@ -231,7 +243,7 @@ for optimizer_name in OPTIMIZERS:
         rows, parts, baseline = measure_step(optimizer_name, batch_size)
         results[optimizer_name, batch_size] = (rows, parts)
         print(f"{optimizer_name}, batch {batch_size}")
-        if device.type == "cuda":
+        if ALLOCATOR:
             say(
                 f"(CUDA allocator; already allocated before this step: {baseline:,} "
                 "bytes, e.g. cuBLAS's workspace; 'allocated' and 'peak' below are "
@@ -253,7 +265,7 @@ for optimizer_name in OPTIMIZERS:
         then = f"batch {parts['batch']:,} | saved activations {parts['activations']:,}"
         then += f" | logits + loss {parts['kept']:,}"
         print(f"  parts: {first}\n         {then}")
-if device.type == "cuda":
+if ALLOCATOR:
     say(
         "On CUDA 'allocated' is above 'counted' because the allocator rounds every "
         "tensor up to a multiple of 512 bytes; 'peak' is higher still because of "
@@ -262,19 +274,18 @@ if device.type == "cuda":
     )
 
 # %% summary
-cuda = device.type == "cuda"
 cpu_note = " - CPU: counted from tensor sizes, not an allocator"
-print("Summary (bytes)" + ("" if cuda else cpu_note))
+print("Summary (bytes)" + ("" if ALLOCATOR else cpu_note))
 heads = [("params", "+ grads"), ("opt.", "state"), ("batch", "data")]
 heads += [("saved", "activations"), ("after", "forward"), ("after", "step")]
-heads += [("CUDA", "peak")] if cuda else []
+heads += [("CUDA", "peak")] if ALLOCATOR else []
 widths = (10, 10, 11, 13, 11, 11, 11)
 print(f"{'optimizer':<11}" + "".join(f"{a:>{w}}" for (a, _), w in zip(heads, widths)))
 print(f"{'batch':>11}" + "".join(f"{b:>{w}}" for (_, b), w in zip(heads, widths)))
 for (optimizer_name, batch_size), (rows, parts) in results.items():
     sizes = [parts["params"] + parts["grads"], parts["state"], parts["batch"]]
     sizes += [parts["activations"], rows[2][1], rows[4][1]]
-    sizes += [max(r[3] for r in rows)] if cuda else []
+    sizes += [max(r[3] for r in rows)] if ALLOCATOR else []
     cols = "".join(f"{n:>{w},}" for n, w in zip(sizes, widths))
     print(f"{optimizer_name:<5}{batch_size:>6}{cols}")
 parts = results["Adam", 1024][1]

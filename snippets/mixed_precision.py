@@ -26,6 +26,7 @@ torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
+ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 if device.type == "cuda" and not torch.cuda.is_bf16_supported():
     AMP_DTYPE = torch.float16  # older GPUs: float16, which needs a GradScaler
 else:
@@ -78,6 +79,13 @@ def storage_bytes(tensors):
     return sum(sizes.values())
 
 
+def cuda_memory():
+    """Bytes allocated now: the CUDA caching allocator's counter, one for the whole
+    process."""
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
+
+
 BATCH, TRAIN_STEPS, TRAIN_BATCH = 1024, 50, 128
 transform = transforms.Compose(
     [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
@@ -89,7 +97,7 @@ train_loader = DataLoader(
 )
 train_batches = list(train_loader)  # the same batches, in the same order, for both
 criterion = nn.CrossEntropyLoss()
-if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up front
+if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated once, up front
     for enabled in (False, True):
         with torch.autocast(device.type, dtype=AMP_DTYPE, enabled=enabled):
             warm = MLP().to(device)
@@ -97,6 +105,7 @@ if device.type == "cuda":  # warm-up: cuBLAS's workspaces are allocated once, up
     del warm
 print(f"Autocast's 16-bit type here: {AMP}")
 print(f"Batch: the first {BATCH} MNIST training images, {tuple(images.shape)} float32")
+
 
 # %% parts
 RUNS = {  # name: (autocast on, batch cast to the 16-bit type on the device)
@@ -137,17 +146,15 @@ def one_step(use_autocast, cast_batch):
             )
         return t.detach()  # t itself could keep a saved output alive in a cycle
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
+    if ALLOCATOR:
+        before = cuda_memory()
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     amp = torch.autocast(device.type, dtype=AMP_DTYPE, enabled=use_autocast)
     with hooks, amp:
         output = model(x)
         loss = criterion(output, y)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        forward_added = torch.cuda.memory_allocated() - before
+    if ALLOCATOR:
+        forward_added = cuda_memory() - before
     else:
         forward_added = sum(sum(s.values()) for s in saved.values())
         forward_added += storage_bytes([output, loss])
@@ -186,7 +193,7 @@ for part, dtype in rows:
     cells = [results[run][0].get((part, dtype)) for run in RUNS]
     print(f"{part:<27} {dtype:<9}", end="")
     print("".join(f"{'-' if c is None else f'{c:,}':>14}" for c in cells))
-forward_label = "CUDA allocator" if device.type == "cuda" else "counted"
+forward_label = "allocator" if ALLOCATOR else "counted"  # fits the dtype column
 print(f"{'forward pass added':<27} {forward_label:<9}", end="")
 print("".join(f"{results[run][1]:>14,}" for run in RUNS))
 

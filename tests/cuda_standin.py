@@ -1,7 +1,7 @@
 """A stand-in for the CUDA caching allocator's counters, on the CPU, so that the bookkeeping of the snippets' CUDA
 branches (when a peak is taken, what resets it, where it is stored) runs and is tested without a GPU.
 
-    python tests/cuda_standin.py SNIPPET RESULT.json [PROBES.json]   # a snippet's cells, its CUDA bookkeeping on
+    python tests/cuda_standin.py SNIPPET RESULT.json [PROBES.json [LAST_CELL]]   # its cells, CUDA bookkeeping on
 
 What it copies from PyTorch's allocator (``c10/cuda/CUDACachingAllocator.cpp``, and ``torch.cuda.memory``):
 
@@ -70,11 +70,11 @@ class StandIn(TorchDispatchMode):
 
     # --- bookkeeping -------------------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Forget freed storages: what is allocated now."""
-        for address, (weak, nbytes) in list(self.storages.items()):
-            if weak.expired():
-                del self.storages[address]
-                self.allocated -= nbytes
+        """Forget freed storages: what is allocated now. (It runs after every operator, over every live storage:
+        the check StorageWeakRef.expired() makes, called directly, keeps that fast.)"""
+        expired = torch.UntypedStorage._expired
+        for address in [a for a, (weak, _) in self.storages.items() if expired(weak.cdata)]:
+            self.allocated -= self.storages.pop(address)[1]
 
     def _allocate(self, storage) -> None:
         nbytes = rounded(storage.nbytes())
@@ -172,11 +172,12 @@ class StandIn(TorchDispatchMode):
             setattr(cuda, name, getattr(self, name))
 
 
-def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None) -> list[dict]:
-    """Run every cell of ``snippet`` with its allocator switch on, against a stand-in, the recorder's per-cell reset
-    included. Returns the cells' results as ``tools.run_cells.run_cell`` gives them (it stops at a cell that raised),
-    then one entry named '(stand-in)' with the stand-in's counters and each of ``probes`` ({name: expression})
-    evaluated in the snippet's namespace after the last cell."""
+def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None,
+        last: str | None = None) -> list[dict]:
+    """Run the cells of ``snippet`` with its allocator switch on, against a stand-in, the recorder's per-cell reset
+    included: all of them, or up to the cell named ``last``. Returns the cells' results as ``tools.run_cells.run_cell``
+    gives them (it stops at a cell that raised), then one entry named '(stand-in)' with the stand-in's counters and
+    each of ``probes`` ({name: expression}) evaluated in the snippet's namespace after the last cell run."""
     sys.path.insert(0, str(ROOT))
     from tools import run_cells, snippets
 
@@ -184,6 +185,8 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None) -
     setup = cells[0]
     if setup.source.count(SWITCH) != 1:
         raise SystemExit(f"{snippet.name}: its setup cell must hold the line {SWITCH!r} once")
+    if last is not None and last not in [cell.name for cell in cells]:
+        raise SystemExit(f"{snippet.name}: no cell named {last!r}")
     cells[0] = dataclasses.replace(setup, source=setup.source.replace(SWITCH, "ALLOCATOR = True"))
     stand_in = StandIn()
     stand_in.patch(torch.cuda)
@@ -194,7 +197,7 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None) -
     with stand_in:
         for cell in cells:
             results.append(run_cells.run_cell(cell, namespace, str(snippet), figure_dir, "standin"))
-            if results[-1]["error"]:
+            if results[-1]["error"] or cell.name == last:
                 break
     failed = results[-1]["error"] if results else None
     values = {} if failed else {name: eval(expression, namespace) for name, expression in (probes or {}).items()}
@@ -205,4 +208,5 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None) -
 if __name__ == "__main__":
     path, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
     probes = json.loads(Path(sys.argv[3]).read_text()) if len(sys.argv) > 3 else None
-    out.write_text(json.dumps(run(path, out.parent / "figures", probes)), encoding="utf-8")
+    last = sys.argv[4] if len(sys.argv) > 4 else None
+    out.write_text(json.dumps(run(path, out.parent / "figures", probes, last)), encoding="utf-8")

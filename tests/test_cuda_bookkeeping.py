@@ -20,14 +20,15 @@ from conftest import ROOT, prose
 SNIPPETS = ROOT / "snippets"
 
 
-def run_standin(name: str, tmp_path: Path, probes: dict[str, str] | None = None) -> tuple[dict[str, str], dict]:
-    """({cell: stdout}, the stand-in's counters and probes) for snippets/<name>.py run with its allocator switch on;
-    fails with the traceback of a cell that raised."""
+def run_standin(name: str, tmp_path: Path, probes: dict[str, str] | None = None,
+                last: str | None = None) -> tuple[dict[str, str], dict]:
+    """({cell: stdout}, the stand-in's counters and probes) for snippets/<name>.py run with its allocator switch on,
+    all its cells or up to the cell named ``last``; fails with the traceback of a cell that raised."""
     result, probe_file = tmp_path / f"{name}.json", tmp_path / f"{name}-probes.json"
     probe_file.write_text(json.dumps(probes or {}))
     process = subprocess.run([sys.executable, str(ROOT / "tests" / "cuda_standin.py"), str(SNIPPETS / f"{name}.py"),
-                              str(result), str(probe_file)], cwd=ROOT, capture_output=True, text=True,
-                             env=dict(os.environ, MPLBACKEND="Agg"), timeout=600)
+                              str(result), str(probe_file), *([last] if last else [])], cwd=ROOT,
+                             capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"), timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
     cells = json.loads(result.read_text())
     *ran, standin = cells
@@ -125,6 +126,139 @@ def test_batch_size_search_budgets_reserved_memory_and_reports_it(tmp_path):
     header = out["search"].splitlines()[0].split()
     assert header[:5] == ["trial", "batch", "peak", "bytes", "reserved"]
     assert "Outcome: found the largest batch" in prose(out["search"])
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_checkpointing_reads_each_peak_right_after_its_step(tmp_path):
+    """Each grouping's peak of the step is read as soon as its backward is done, above the baseline its own Meter
+    took when it reset the peak: at least what the forward pass kept for backward, and at least the parameters'
+    bytes (backward ends with every gradient). The rows print those stored numbers, the peak under its own header."""
+    out, standin = run_standin("checkpointing", tmp_path, {
+        "kept": "[[label, *values] for label, values in kept.items()]",
+        "parameter_bytes": "sum(p.numel() * p.element_size() for p in model.parameters())"})
+    kept = {label: (kept_bytes, peak) for label, kept_bytes, peak in standin["probes"]["kept"]}
+    for label, (kept_bytes, peak) in kept.items():
+        assert peak >= kept_bytes > 0 and peak >= standin["probes"]["parameter_bytes"], label
+    longer_runs = [kept[label][0] for label in ("no checkpointing", "runs of 2 blocks", "runs of 4 blocks",
+                                                "runs of 8 blocks")]
+    assert longer_runs == sorted(longer_runs, reverse=True) and len(set(longer_runs)) == 4
+    assert kept["every block"][0] == kept["no checkpointing"][0]
+    rows = re.findall(r"^(\S.*?)\s+([\d,]+) bytes = +[\d.]+ MiB +([\d,]+) bytes$", out["memory"], re.M)
+    assert {label: (number(a), number(b)) for label, a, b in rows} == kept
+    header, *lines = out["memory"].splitlines()
+    assert header.endswith("peak of the step")
+    assert {len(line) for line in lines[:len(kept)]} == {len(header)}, "the peak's header ends where its numbers do"
+    plain, best = kept["no checkpointing"][0], kept["runs of 4 blocks"][0]
+    assert f"Runs of 4 blocks keep {plain - best:,} bytes less than no checkpointing ({best / plain:.2f}" \
+        in out["memory"]
+
+
+def test_estimators_compare_the_peak_they_measured(tmp_path):
+    """The training step's peak is read when its two steps end, above what was allocated before them: at least the
+    parameters, gradients and Adam's state, which all exist at the optimizer step. The comparison table prints that
+    stored peak and its ratios to the two estimates."""
+    out, standin = run_standin("estimators", tmp_path, {
+        "measured": "measured", "summary": "summary_bytes", "info": "info_bytes"})
+    measured, summary, info = ({int(b): v for b, v in standin["probes"][k].items()}
+                               for k in ("measured", "summary", "info"))
+    parts = {int(b): sum(map(number, found)) for b, *found in re.findall(
+        r"^batch (\d+): .*\n.*\n  parts: parameters ([\d,]+) \+ gradients ([\d,]+) \+ Adam state ([\d,]+)$",
+        out["measured"], re.M)}
+    assert parts.keys() == measured.keys() == {64, 1024}
+    for batch, peak in measured.items():
+        assert f"batch {batch}: peak memory of a training step {peak:,} bytes" in out["measured"]
+        assert peak >= parts[batch] > 0, batch
+    assert "(CUDA allocator peak above baseline)" in out["measured"]
+    assert "the parts are never all alive together" not in out["measured"]      # the CPU's note
+    assert "peak (CUDA allocator)" in out["compare"].splitlines()[0]
+    table = re.findall(r"^ *(\d+) +([\d,]+) +([\d,]+) +([\d,]+) +([\d.]+) +([\d.]+)$", out["compare"], re.M)
+    assert [int(row[0]) for row in table] == [64, 1024]
+    for batch, s, i, m, per_summary, per_info in table:
+        batch, m = int(batch), number(m)
+        assert (number(s), number(i), m) == (summary[batch], info[batch], measured[batch])
+        assert (per_summary, per_info) == (f"{m / summary[batch]:.2f}", f"{m / info[batch]:.2f}")
+
+
+def test_batch_size_effects_prints_the_peak_of_each_batch_size(tmp_path):
+    """Each batch size's peak is read when its two training steps end and stored with its speed: it grows with the
+    batch and is never below the parameters, gradients and Adam's two moments of the fresh model (4 x its
+    parameters' bytes), all alive at the optimizer step. (The accuracy cell, which measures no memory, is not run.)"""
+    out, standin = run_standin("batch_size_effects", tmp_path, {
+        "peaks": "[[b, speed[b][1]] for b in BATCH_SIZES]",
+        "parameter_bytes": "sum(p.numel() * p.element_size() for p in MLP().parameters())"}, last="throughput")
+    peaks = dict(standin["probes"]["peaks"])
+    assert list(peaks.values()) == sorted(peaks.values())
+    assert min(peaks.values()) >= 4 * standin["probes"]["parameter_bytes"] > 0
+    table = re.findall(r"^ *(\d+) +\d+ +[\d,]+ +([\d,]+) +([\d.]+)$", out["throughput"], re.M)
+    assert {int(b): number(p) for b, p, _ in table} == peaks
+    assert all(mib == f"{peaks[int(b)] / 2**20:.2f}" for b, _, mib in table)
+    assert "CUDA allocator peak above baseline" in prose(out["throughput"])
+
+
+def test_memory_measured_stores_the_allocator_at_each_phase(tmp_path):
+    """One reset at the start of each step, the counters read and stored at every phase: a phase's peak is at least
+    what is allocated then and never below an earlier phase's; Adam's step allocates at least its state, SGD's
+    nothing. The tables and the summary's CUDA peak (the most of any phase) print those stored numbers."""
+    out, standin = run_standin("memory_measured", tmp_path, {
+        "rows": "[[o, b, [list(r) for r in rows]] for (o, b), (rows, _) in results.items()]",
+        "state": "[parts['state'] for rows, parts in results.values()]"})
+    runs = standin["probes"]["rows"]
+    assert [(o, b) for o, b, _ in runs] == [("SGD", 64), ("SGD", 1024), ("Adam", 64), ("Adam", 1024)]
+    printed = re.findall(r"^  ([a-z ]+?) +([\d,]+) +([\d,]+) +([\d,]+) +([\d,]+)$", out["table"], re.M)
+    assert [[phase, *map(number, values)] for phase, *values in printed] == [row for *_, rows in runs
+                                                                              for row in rows]
+    summary = {(o, int(b)): number(peak) for o, b, peak in re.findall(
+        r"^(SGD|Adam) +(\d+)(?: +[\d,]+){6} +([\d,]+)$", out["summary"], re.M)}
+    for (optimizer, batch, rows), state in zip(runs, standin["probes"]["state"]):
+        phases = [row[0] for row in rows]
+        assert phases == ["model loaded", "batch moved", "forward", "backward", "optimizer step"]
+        allocated, peaks = [row[2] for row in rows], [row[3] for row in rows]
+        assert all(p >= a > 0 for a, p in zip(allocated, peaks)) and peaks == sorted(peaks), (optimizer, batch)
+        step_allocated = allocated[4] - allocated[3]
+        assert step_allocated >= state > 0 if optimizer == "Adam" else step_allocated == state == 0
+        assert summary[optimizer, batch] == max(peaks)
+
+
+def test_memory_leak_shows_each_step_keeping_its_batch(tmp_path):
+    """memory_allocated() above the Meter's baseline, read after every step: with the tensor sum memory grows by the
+    same amount every step, at least the step's batch; with .item() it does not grow; in training it does not grow
+    by as much as one batch of 64 images. The printed numbers are the stored ones."""
+    out, standin = run_standin("memory_leak", tmp_path, {
+        "leak": "leak", "flat": "flat", "history": "history", "batch": "batch"})
+    leak, flat, history, batch = (standin["probes"][k] for k in ("leak", "flat", "history", "batch"))
+    growth = {b - a for a, b in zip(leak, leak[1:])}
+    assert len(growth) == 1 and growth.pop() >= batch > 0
+    assert len(set(flat)) == 1 and 0 < flat[0] <= leak[0]
+    assert f"In use after step 1: {leak[0]:,} bytes; after step {len(leak)}: {leak[-1]:,}" in out["tensor-sum"]
+    rows = re.findall(r"^ *(\d+) +([\d,]+) +([\d,]+)$", out["item"], re.M)
+    assert [(number(a), number(b)) for _, a, b in rows] == list(zip(leak, flat))
+    assert "Growth per step with .item(): 0 bytes every step (CUDA allocator)" in out["item"]
+    grew = history[-1][0] - history[1][0]
+    assert 0 <= grew < 64 * 784 * 4
+    assert f"memory grew by {grew:,} bytes" in prose(out["training"])
+
+
+def test_mixed_precision_forward_pass_holds_what_autograd_saved(tmp_path):
+    """What the allocator says the forward pass added (read before and right after it) holds at least every saved
+    tensor it counted, and autocast with a float32 batch adds at least the 16-bit copy of the batch more than
+    autocast with the batch cast first. The row prints those numbers in the table's own columns."""
+    out, standin = run_standin("mixed_precision", tmp_path, {
+        "added": "{run: r[1] for run, r in results.items()}",
+        "saved": "{run: sum(b for (p, _), b in r[0].items() if p.startswith('saved:')) for run, r in results.items()}",
+        "copy": "total('autocast', 'saved: copy of the batch')"})
+    added, saved, copy = (standin["probes"][k] for k in ("added", "saved", "copy"))
+    assert list(added) == ["float32", "autocast", "cast batch"]
+    for run in added:
+        assert added[run] >= saved[run] > 0, run
+    assert added["autocast"] - added["cast batch"] >= copy > 0
+    lines = out["parts"].splitlines()
+    header = next(line for line in lines if line.startswith("part (counted tensor bytes)"))
+    row = next(line for line in lines if line.startswith("forward pass added"))
+    assert [number(n) for n in row.split()[-3:]] == list(added.values())
+    assert len(row) == len(header), "the forward pass's numbers stand in the runs' columns"
 
 
 def pack_hooks_returning_their_argument() -> list[str]:
