@@ -254,7 +254,8 @@ with torch.no_grad():
     cifar_hidden = cifar_model.layer1(torch.zeros(1024, 3072, device=device))
 shape = tuple(cifar_hidden.shape)
 show(f"layer1 output at batch 1024 {shape}", tensor_bytes([cifar_hidden]))
-share = cifar_model.layer1.weight.numel() / cifar_count
+layer1 = sum(p.numel() for p in cifar_model.layer1.parameters())  # weights and bias
+share = layer1 / cifar_count
 print(f"layer1 holds {share:.1%} of the parameters: the input width (3072 vs 784)")
 print("drives the size.")
 
