@@ -177,6 +177,18 @@ def test_the_recorded_peak_follows_from_the_parts(batch):
     assert total - parts[gone] + logits_and_loss + 16 == peak == {64: 1_832_116, 1024: 5_046_928}[batch]
 
 
+def test_the_inference_total_and_what_it_says_it_leaves_out_make_the_recorded_no_grad_peak():
+    """inference_memory.py's no_grad peak at batch 1000 (counted bytes) is the calculator's inference total plus the
+    two layer outputs its detail line says are not counted (layer1's output and its ReLU output, alive together)."""
+    text = cell("inference_memory", "measure")
+    peak = printed(text, r"^torch\.no_grad\(\)\s+0\s+0\s+[\d,]+\s+([\d,]+)")
+    report = mc.report(MNIST, 1000, "float32", "sgd", "inference")
+    left_out = 2 * 1000 * 128 * 4
+    assert report["rows"]["total"]["bytes"] + left_out == peak == 4_575_080
+    assert "Not counted" in report["rows"]["saved_activations"]["detail"]
+    assert "2 × 1,000 × 128 values × 4 bytes" in report["rows"]["saved_activations"]["detail"]
+
+
 def test_block_rounding():
     assert [mc.blocks(n) for n in (0, 1, 4, 511, 512, 513, 1024, 1025)] == [0, 512, 512, 512, 512, 1024, 1024, 1536]
     rows = mc.report(MNIST, 64, optimizer="adam")["rows"]

@@ -26,7 +26,9 @@ parameters, gradients, optimizer state, images and activations alike, as after `
   layer the ReLU output, ``batch × width × s`` (the pre-ReLU output is saved by nobody); the log_softmax output,
   ``batch × classes × s``; and the scalar total weight of ``nll_loss``, one element in the dtype (4 bytes in
   float32). The first layer's input is a view of the batch and is not counted again; every later layer's input is
-  the ReLU output already counted; the weights autograd saves are the parameters. 0 in inference.
+  the ReLU output already counted; the weights autograd saves are the parameters. 0 in inference, where the page
+  says what the total leaves out: the layer outputs alive while the forward pass runs (at its peak a hidden layer's
+  output and its ReLU output, ``2 × batch × width × s``; chapter 6's ``no_grad`` peak is the total plus this).
 
 The **total** adds the five parts. The **total in 512-byte blocks** rounds every tensor (each parameter, gradient
 and state buffer, the images, the labels, each saved tensor) up to a multiple of 512 bytes, at least 512, as PyTorch's
@@ -247,8 +249,12 @@ def _details(layers, batch, dtype, optimizer, mode, parts) -> dict[str, str]:
         state = (f"2 buffers (exp_avg, exp_avg_sq) per parameter tensor: {_count(2 * n_params, 'tensor')}; "
                  "the step counters are not counted")
     logsoftmax = f"log_softmax output {b} × {group(layers[-1])} values"
-    if not training:
-        saved = "none in inference: nothing is saved for backward"
+    if not training and hidden:
+        saved = (f"none saved for backward. Not counted: at the forward pass's peak a layer's output and its "
+                 f"ReLU output are alive together, 2 × {b} × {group(max(hidden))} values × {s} bytes")
+    elif not training:
+        saved = (f"none saved for backward. Not counted: the forward pass's output, {b} × {group(layers[-1])} "
+                 f"values × {s} bytes")
     elif not hidden:
         saved = f"{logsoftmax} × {s} bytes + a {s}-byte total weight"
     else:

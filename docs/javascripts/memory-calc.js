@@ -110,6 +110,7 @@
   }
 
   function sum(list) { return list.reduce(function (a, b) { return a + b; }, 0n); }
+  function max(list) { return list.reduce(function (a, b) { return b > a ? b : a; }); }
   function blocks(n) { return n <= 0n ? 0n : ((n + BLOCK - 1n) / BLOCK) * BLOCK; }
 
   function group(n) {
@@ -140,7 +141,11 @@
     else state = "2 buffers (exp_avg, exp_avg_sq) per parameter tensor: " + count(2 * nParams, "tensor") +
       "; the step counters are not counted";
     var logsoftmax = "log_softmax output " + b + " × " + group(layers[layers.length - 1]) + " values";
-    if (!training) saved = "none in inference: nothing is saved for backward";
+    if (!training && hidden.length > 0) saved = "none saved for backward. Not counted: at the forward pass's peak " +
+      "a layer's output and its ReLU output are alive together, 2 × " + b + " × " + group(max(hidden)) + " values × " +
+      s + " bytes";
+    else if (!training) saved = "none saved for backward. Not counted: the forward pass's output, " + b + " × " +
+      group(layers[layers.length - 1]) + " values × " + s + " bytes";
     else if (hidden.length === 0) saved = logsoftmax + " × " + s + " bytes + a " + s + "-byte total weight";
     else {
       var relu = hidden.length === 1 ? "ReLU output " + b + " × " + group(hidden[0]) + " values"
@@ -171,7 +176,10 @@
     else if (optimizer === "sgd-momentum") state = "每个参数张量 1 个动量缓冲区：共 " + group(nParams) + " 个张量";
     else state = "每个参数张量 2 个缓冲区（exp_avg、exp_avg_sq）：共 " + group(2 * nParams) + " 个张量；步数计数器不计入";
     var logsoftmax = "log_softmax 的输出 " + b + " × " + group(layers[layers.length - 1]) + " 个值";
-    if (!training) saved = "推理时没有：不为反向传播保存任何东西";
+    if (!training && hidden.length > 0) saved = "不为反向传播保存任何东西。未计入：前向传播的峰值时刻，某一层的输出和它的 " +
+      "ReLU 输出同时存在，2 × " + b + " × " + group(max(hidden)) + " 个值 × " + s + " 字节";
+    else if (!training) saved = "不为反向传播保存任何东西。未计入：前向传播的输出，" + b + " × " +
+      group(layers[layers.length - 1]) + " 个值 × " + s + " 字节";
     else if (hidden.length === 0) saved = logsoftmax + " × " + s + " 字节 + 一个 " + s + " 字节的总权重";
     else {
       var relu = hidden.length === 1 ? "ReLU 的输出 " + b + " × " + group(hidden[0]) + " 个值"
