@@ -307,3 +307,19 @@ def test_stderr_and_warnings_are_shown_under_the_cell_on_chapter_and_notebook_pa
                              "html.parser")
     stderr = notebook.select('[data-mime-type="application/vnd.jupyter.stderr"]')
     assert stderr and "STDERR-LINE" in stderr[0].get_text() and "WARNED-LINE" in stderr[0].get_text()
+
+
+def test_the_repository_address_lives_in_mkdocs_yml_alone(site):
+    """Pages write {{ repo_url }}; the hook puts mkdocs.yml's repo_url there, so a move of the repository changes
+    one line. The sitemap has real addresses (site_url is set)."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    repo, slug = config["repo_url"].rstrip("/"), config["repo_url"].removeprefix("https://github.com/")
+    for path in (ROOT / "docs").rglob("*.md"):
+        assert slug not in path.read_text(encoding="utf-8"), path
+    for page in ("index.html", "zh/index.html"):
+        text = BeautifulSoup((site / page).read_text(), "html.parser").get_text()
+        assert f"git clone {repo}" in text and "{{ repo_url }}" not in text, page
+    howto = (site / "reference" / "run-it-yourself" / "index.html").read_text()
+    assert f'href="{repo}/tree/main/snippets"' in howto
+    sitemap = (site / "sitemap.xml").read_text()
+    assert "None" not in sitemap and f"<loc>{config['site_url']}</loc>" in sitemap

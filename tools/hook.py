@@ -342,7 +342,11 @@ def on_post_build(config):
                                  ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
 
+REPO_URL = "{{ repo_url }}"   # in a page: the repository's address, from mkdocs.yml's repo_url (its one home)
+
+
 def on_page_markdown(markdown, page, config, files):
+    markdown = markdown.replace(REPO_URL, config["repo_url"].rstrip("/"))
     markdown = device_blocks(markdown, page)
     markdown = snippet_links(markdown, page, config)
     markdown = expand_cells(markdown, page)
