@@ -225,15 +225,22 @@ def test_search_chart_copes_with_every_outcome(search_namespace):
         plt.close("all")
 
 
-def test_batch_size_search_never_empties_the_cache_between_trials():
-    """Issue 8: the allocator frees its cache and retries by itself; no empty_cache() call, a fraction reset."""
+def test_batch_size_search_empties_the_cache_only_to_measure():
+    """The allocator frees its cache and retries by itself after an out-of-memory error: the search never calls
+    empty_cache() to recover. It calls it only before a measurement (each trial, and the baseline), so that every
+    trial starts from the same reserved memory; the fraction is reset afterwards."""
     source = (Path(__file__).resolve().parent.parent / "snippets" / "batch_size_search.py").read_text()
-    calls = [node.func.attr for node in ast.walk(ast.parse(source))
+    tree = ast.parse(source)
+    where = {node.name: [c.func.attr for c in ast.walk(node) if isinstance(c, ast.Call)
+                         and isinstance(c.func, ast.Attribute)] for node in ast.walk(tree)
+             if isinstance(node, ast.FunctionDef)}
+    assert "empty_cache" in where["training_step_peak"]
+    assert "empty_cache" not in where["trial"] and "empty_cache" not in where["search"]
+    calls = [node.func.attr for node in ast.walk(tree)
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
-    assert "empty_cache" not in calls
     assert calls.count("set_per_process_memory_fraction") == 2          # the budget, and back to 1.0
     assert "set_per_process_memory_fraction(1.0)" in source and "except torch.cuda.OutOfMemoryError" in source
-    assert "frees its cached blocks that are not split" in source       # the comment says why
+    assert "frees its" in source and "cached blocks that are not split" in source      # the comment says why
 
 
 def test_one_peak_across_snippets(recorded):
@@ -261,12 +268,20 @@ def test_training_loop_learns(recorded):
     losses = [float(e[1]) for e in epochs]
     assert losses[1] < losses[0]
     assert float(epochs[-1][3]) > 95.0
+    seconds = [float(line.split()[-1]) for line in cell_output(rec, "loop").splitlines() if re.match(r"\s+\d ", line)]
+    median, fastest, slowest, count = re.search(r"^Seconds per epoch, training and test: median ([\d.]+) "
+                                                r"\(([\d.]+) to ([\d.]+)\) over (\d) epochs$",
+                                                cell_output(rec, "loop"), re.M).groups()
+    assert (float(fastest), float(slowest), int(count)) == (min(seconds), max(seconds), 2)   # the epochs' timings
+    assert float(median) == pytest.approx(sum(seconds) / 2, abs=0.101)                     # the median of two
     assert rec["cells"][-1]["figures"]
 
 
 def throughput_rows(rec: dict) -> list[tuple[str, ...]]:
-    return re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+[\d.]+(?:   peak at '.+')?$",
+    """(batch, steps timed, median samples/s, peak bytes, ± spread in %) of each row."""
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([\d,]+)\s+([\d.]+)%\s+([\d,]+)\s+[\d.]+(?:   peak at '.+')?$",
                       cell_output(rec, "throughput"), re.M)
+    return [(batch, steps, speed, peak, spread) for batch, steps, speed, spread, peak in rows]
 
 
 def test_batch_size_effects(recorded):
@@ -278,6 +293,15 @@ def test_batch_size_effects(recorded):
     peaks = [int(r[3].replace(",", "")) for r in rows]
     assert peaks == [peak_by_hand(int(r[0])) for r in rows]                    # the peak over two steps
     assert peaks == sorted(peaks) and peaks[0] == 1_679_284
+    assert "samples/s: the median of 5 timings of the same steps" in prose(throughput)
+    assert all(float(r[4]) >= 0 for r in rows)                                  # the spread of the 5 timings
+    speed = {int(r[0]): int(r[2].replace(",", "")) for r in rows}
+    change, verdict = re.search(r"^Last doubling, 2048 -> 4096: median samples/s ([+-]\d+)%;\n(.+)\.$",
+                                throughput, re.M).groups()
+    assert int(change) == round(100 * (speed[4096] / speed[2048] - 1))
+    assert verdict in ("every timing at 4096 is faster than every timing at 2048",
+                       "every timing at 4096 is slower than every timing at 2048",
+                       "the timings of the two batch sizes overlap")
     accuracy = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)%", cell_output(rec, "accuracy"), re.M)
     for batch, per_epoch, total, _ in accuracy:
         assert int(per_epoch) == math.ceil(60000 / int(batch)) and int(total) == 2 * int(per_epoch)
@@ -291,9 +315,20 @@ def test_fast_path_reports_its_measured_ratio_at_the_same_accuracy(recorded):
     rec = recorded("fast_path")
     compare = cell_output(rec, "compare")
     ratio = float(re.search(r"fast path is ([\d.]+)x faster", compare).group(1))
-    slow = float(re.search(r"^DataLoader \+ transforms\s+([\d.]+)", compare, re.M).group(1))
-    fast = float(re.search(r"^tensors on the device\s+([\d.]+)", compare, re.M).group(1))
+    slow, slow_min, slow_max = map(float, re.search(r"^DataLoader \+ transforms\s+([\d.]+)\s+([\d.]+)-([\d.]+) ",
+                                                    compare, re.M).groups())
+    fast, fast_min, fast_max = map(float, re.search(r"^tensors on the device\s+([\d.]+)\s+([\d.]+)-([\d.]+) ",
+                                                    compare, re.M).groups())
+    assert "5 runs of each path: median and fastest-slowest seconds" in compare
+    assert slow_min <= slow <= slow_max and fast_min <= fast <= fast_max
     assert ratio == pytest.approx(slow / fast, rel=0.08)       # both times are printed rounded to 0.01 s
+    lowest, highest = map(float, re.search(r"from ([\d.]+)x to ([\d.]+)x taking any run", compare).groups())
+    assert lowest <= ratio <= highest
+    assert lowest == pytest.approx(slow_min / fast_max, rel=0.08) and highest == pytest.approx(slow_max / fast_min,
+                                                                                                 rel=0.08)
+    lesson = re.search(r"^DataLoader loop: ([\d.]+) s \(([\d.]+) to ([\d.]+) s\) for 1 epoch",
+                       cell_output(rec, "lesson-loop"), re.M)
+    assert lesson and float(lesson[1]) == pytest.approx(slow, abs=0.06)
     difference = float(re.search(r"accuracy difference: ([\d.]+) percentage points", compare).group(1))
     assert difference < 1.0
     assert float(re.search(r"DataLoader loop: .* test accuracy ([\d.]+)%", cell_output(rec, "lesson-loop")).group(1)) > 95

@@ -1,5 +1,5 @@
-"""Data failures end in one sentence that says what happened, within seconds, never a traceback: no network, a
-mirror that refuses (HTTP 403), a file in MNIST/raw cut short. Every MNIST snippet carries the same loader
+"""Data failures end in one sentence that says what happened, within seconds, never a traceback: a mirror that
+refuses (HTTP 403), a file in MNIST/raw cut short (no network: tests/test_snippet_rules.py, for every snippet). Every MNIST snippet carries the same loader
 (tools/helpers/mnist.py, copied in by python -m tools.shared)."""
 from __future__ import annotations
 
@@ -56,14 +56,6 @@ def refusing_proxy():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-def test_without_a_network_the_sentence_names_the_connection_error(tmp_path):
-    process, seconds = run("mnist_samples", tmp_path, proxy="http://127.0.0.1:9")   # nothing listens on port 9
-    sentence = one_sentence(process)
-    assert sentence.startswith(f"MNIST is not in {tmp_path / 'MNIST' / 'raw'} and could not be downloaded (")
-    assert "Connection refused" in sentence and "set LESSON_DATA to a folder that holds MNIST/raw" in sentence
-    assert seconds < 30
 
 
 def test_a_refusing_mirror_is_named_with_its_http_status(tmp_path, refusing_proxy):
