@@ -358,25 +358,57 @@ say(
     "Fixed + per-sample model, fitted to the two largest fitting trials: "
     f"{line_text(result)}"
 )
+
+
+def fixed_text(fixed, params):
+    """CPU: what the line's fixed bytes are made of, if they are the parameters, Adam's
+    two moment buffers and a few scalars (less than SCALARS bytes)."""
+    rest = round(fixed - 3 * params)
+    if 0 <= rest < SCALARS:
+        return (
+            f"CPU: of the fixed part, {params:,} bytes are the parameters and "
+            f"{2 * params:,} Adam's two moment buffers; {rest:,} bytes are small "
+            "scalars (Adam's step counters, the loss, its total weight)"
+        )
+    return (
+        f"CPU: the fixed part, {fixed:,.0f} bytes, is not the parameters "
+        f"({params:,}) and Adam's two moment buffers ({2 * params:,}) with a few "
+        f"scalars: it differs from those two by {rest:+,} bytes"
+    )
+
+
+def events_text(trials, line):
+    """CPU: where the two fitted trials peak, and in which trials the line holds: those
+    that fit, peak at the same event and lie on the line (within a byte)."""
+    per_sample, fixed, (b0, b1) = line
+    event = {t.batch: t.event for t in trials}
+    if event[b0] != event[b1]:
+        return (
+            f"The two peaks are at different events ('{event[b0]}' at {b0:,}, "
+            f"'{event[b1]}' at {b1:,}): the line mixes two kinds of peak"
+        )
+    same = [t for t in trials if t.fits and t.event == event[b1]]
+    if any(abs(fixed + per_sample * t.batch - t.peak) >= 1 for t in same):
+        return (
+            f"Both peaks are at '{event[b1]}', but not every trial that peaks there "
+            "lies on the line"
+        )
+    low = min(t.batch for t in same)
+    other = {t.event for t in trials if t.fits and t.batch < low}
+    smaller = ", ".join(f"'{e}'" for e in sorted(other))
+    return (
+        f"Both peaks are at '{event[b1]}'. The line holds where the peak is at that "
+        f"event: in these trials from batch {low:,} up"
+        + (f"; smaller batches peak at {smaller}" if other else "")
+    )
+
+
+SCALARS = 64  # bytes: a few 4-byte scalars, not a tensor of any size
 line = fitted_line(result)
 if line is not None and not ALLOCATOR:
     params = sum(p.numel() * p.element_size() for p in MLP().parameters())
-    say(
-        f"CPU: of the fixed part, {params:,} bytes are the parameters and "
-        f"{2 * params:,} Adam's two moment buffers; {line[1] - 3 * params:,.0f} "
-        "bytes are small scalars (Adam's step counters, the loss, its total weight)",
-        "  ",
-    )
-    event = next(t.event for t in result.trials if t.batch == line[2][1])
-    same = [t.batch for t in result.trials if t.fits and t.event == event]
-    other = {t.event for t in result.trials if t.fits and t.batch < min(same)}
-    smaller = ", ".join(f"'{e}'" for e in sorted(other))
-    say(
-        f"Both peaks are at '{event}'. The line holds where the peak is at that "
-        f"event: in these trials from batch {min(same):,} up"
-        + (f"; smaller batches peak at {smaller}" if other else ""),
-        "  ",
-    )
+    say(fixed_text(line[1], params), "  ")
+    say(events_text(result.trials, line), "  ")
 
 # %% small-budgets
 # The search must end cleanly, and say why, whatever the budget. Three tiny budgets,

@@ -161,7 +161,28 @@ def torchsummary_formula(batch_size):
     return batch_size * 784 * 4, 2 * sum(outputs) * 4, params * 4
 
 
-summary_bytes, summary_outputs = {}, {}
+def in_mib(printed, exact):
+    """Is a printed "MB" figure these exact bytes in MiB, to its 2 decimals?"""
+    return f"{exact / MiB:.2f}" == f"{printed:.2f}"
+
+
+def summary_text(total, exact):
+    """torchsummary's printed total (its "MB") against its formula in bytes: its "MB"
+    is MiB if the formula in MiB is what it printed."""
+    if not in_mib(total, exact):
+        return (
+            f"  its 'MB' is not this formula's MiB: it printed {total:.2f}, the "
+            f"formula gives\n  {exact:,} bytes = {exact / MiB:.4f} MiB"
+        )
+    rounding = round(MiB * 0.005)
+    return (
+        f"  its 'MB' is MiB: {total:.2f} MiB = {round(total * MiB):,} bytes (+/- "
+        f"{rounding:,}: it prints 2 decimals);\n  by its formula exactly: {exact:,} "
+        f"bytes = {exact / MiB:.4f} MiB"
+    )
+
+
+summary_bytes, summary_outputs, summary_printed = {}, {}, {}
 for batch_size in BATCHES:
     lines = torchsummary_estimate(batch_size)
     data, summary_outputs[batch_size], params = torchsummary_formula(batch_size)
@@ -169,36 +190,69 @@ for batch_size in BATCHES:
     print(f"torchsummary, batch {batch_size}:")
     for name, value in lines.items():
         print(f"  {name} (MB): {value:.2f}")
-    total = lines["Estimated Total Size"]
-    rounding = round(MiB * 0.005)
-    print(f"  its 'MB' is MiB: {total:.2f} MiB = {round(total * MiB):,} bytes", end="")
-    print(f" (+/- {rounding:,}: it prints 2 decimals);")
-    print(f"  by its formula exactly: {exact:,} bytes = {exact / MiB:.4f} MiB")
+    summary_printed[batch_size] = lines["Estimated Total Size"]
+    print(summary_text(summary_printed[batch_size], exact))
+
 
 # %% torchinfo-estimate
-info_bytes, info_outputs = {}, {}
+def in_mb(printed, exact):
+    """Is a printed "MB" figure these exact bytes in 10^6 bytes, to its 2 decimals?"""
+    return f"{exact / MB:.2f}" == f"{printed:.2f}"
+
+
+def linear_outputs_doubled(batch_size):
+    """Twice the float32 outputs of the two Linear layers (128 and 10 a sample)."""
+    return 2 * (batch_size * 128 + batch_size * 10) * 4
+
+
+def info_text(printed, total):
+    """torchinfo's printed total (its MB) against total_input + total_output_bytes +
+    total_param_bytes: its MB is 10^6 bytes if that sum in 10^6 bytes is what it
+    printed."""
+    if not in_mb(printed, total):
+        return (
+            f"  its MB is not 10^6 bytes of these parts: they add up to {total:,} bytes"
+        )
+    return f"  its MB is 10^6 bytes: {total / MB:.6f} MB = {total:,} bytes"
+
+
+def outputs_text(batch_size, counted):
+    """torchinfo's total_output_bytes against twice the outputs of the two Linear
+    layers, float32."""
+    doubled = linear_outputs_doubled(batch_size)
+    formula = f"2 x ({batch_size} x 128 + {batch_size} x 10) x 4"
+    if counted != doubled:
+        return (
+            f"torchinfo's total_output_bytes at batch {batch_size}: {counted:,}, not\n"
+            f"{formula} = {doubled:,}:\nnot just the outputs of the two Linear layers, "
+            "doubled"
+        )
+    return (
+        f"torchinfo's total_output_bytes at batch {batch_size} = {formula} = "
+        f"{doubled:,}:\nonly the outputs of layers that have parameters (the two "
+        "Linear layers), doubled"
+    )
+
+
+info_bytes, info_outputs, info_printed = {}, {}, {}
 for batch_size in BATCHES:
     shape = (batch_size, 1, 28, 28)
     stats = torchinfo.summary(model, input_size=shape, device=device, verbose=0)
     table = str(stats).splitlines()
     line = next(row for row in table if row.startswith("Estimated Total Size"))
+    info_printed[batch_size] = float(line.rsplit(":", 1)[1])
     total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
     info_bytes[batch_size], info_outputs[batch_size] = total, stats.total_output_bytes
     data = batch_size * 784 * 4
     header = stats.total_input - data
     print(f"torchinfo, batch {batch_size}: {line}")
-    print(f"  its MB is 10^6 bytes: {total / MB:.6f} MB = {total:,} bytes")
+    print(info_text(info_printed[batch_size], total))
     inputs = f"total_input {stats.total_input:,}"
     print(f"  = {inputs} (the input's {data:,} data bytes + {header} bytes of a Python")
     print("    object: sys.getsizeof of its storage)")
     print(f"    + total_output_bytes {stats.total_output_bytes:,}")
     print(f"    + total_param_bytes {stats.total_param_bytes:,}")
-doubled = 2 * (64 * 128 + 64 * 10) * 4
-formula = "2 x (64 x 128 + 64 x 10) x 4"
-print(f"torchinfo's total_output_bytes at batch 64 = {formula} = {doubled:,}:")
-print(
-    "only the outputs of layers that have parameters (the two Linear layers), doubled"
-)
+print(outputs_text(64, info_outputs[64]))
 
 # %% measured
 # The measured figure is the peak memory of a training step, the same quantity that
@@ -387,28 +441,58 @@ for batch_size in BATCHES:
     )
     print(f"{batch_size:>5} {summary:>13,} {info:>10,} {m:>22,}", end="")
     print(f" {m / summary:>13.2f} {m / info:>10.2f}")
-say(
-    "(bytes) torchsummary: exact bytes of its own formula (it prints MiB labelled "
-    "'MB', 2 decimals); torchinfo: total_input + total_output_bytes + "
-    "total_param_bytes (it prints 10^6-byte MB)."
+
+
+def legend(summary_ok, info_ok):
+    """What the table's columns are; the units each prints, where its totals showed
+    them."""
+    if summary_ok:
+        summary = (
+            "exact bytes of its own formula (it prints MiB labelled 'MB', 2 decimals)"
+        )
+    else:
+        summary = "exact bytes of the formula above"
+    info = "total_input + total_output_bytes + total_param_bytes"
+    info += " (it prints 10^6-byte MB)" if info_ok else ""
+    return f"(bytes) torchsummary: {summary}; torchinfo: {info}."
+
+
+def what_each_counts(summary_ok, info_ok):
+    """How each estimator counts, for those whose printed totals the formulas above
+    gave at every batch size."""
+    if summary_ok:
+        summary = (
+            "torchsummary: the input (4 bytes a number) + twice the output of every "
+            "module it hooks (Flatten, Linear, ReLU, Linear: 784 + 128 + 128 + 10 "
+            "numbers a sample; Flatten's output is a view of the input and costs "
+            "nothing) + the parameters once, at 4 bytes each."
+        )
+    else:
+        summary = (
+            "torchsummary: not the formula above, which does not give what it printed."
+        )
+    if info_ok:
+        info = (
+            "torchinfo: the input (sys.getsizeof of its storage: data + a Python "
+            "object header) + twice the outputs of the layers that have parameters "
+            "only (Linear 128 + 10 numbers a sample; ReLU and Flatten are skipped) + "
+            "the parameters once, at their real element size."
+        )
+    else:
+        info = "torchinfo: not the sum above, which does not give what it printed."
+    return [summary, info]
+
+
+summary_ok = all(in_mib(summary_printed[b], summary_bytes[b]) for b in BATCHES)
+info_ok = all(
+    in_mb(info_printed[b], info_bytes[b])
+    and info_outputs[b] == linear_outputs_doubled(b)
+    for b in BATCHES
 )
+say(legend(summary_ok, info_ok))
 print("What each counts:")
-say(
-    "torchsummary: the input (4 bytes a number) + twice the output of every module it "
-    "hooks (Flatten, Linear, ReLU, Linear: 784 + 128 + 128 + 10 numbers a sample; "
-    "Flatten's output is a view of the input and costs nothing) + the parameters once, "
-    "at 4 bytes each.",
-    "  ",
-    "    ",
-)
-say(
-    "torchinfo: the input (sys.getsizeof of its storage: data + a Python object "
-    "header) + twice the outputs of the layers that have parameters only (Linear 128 + "
-    "10 numbers a sample; ReLU and Flatten are skipped) + the parameters once, at "
-    "their real element size.",
-    "  ",
-    "    ",
-)
+for text in what_each_counts(summary_ok, info_ok):
+    say(text, "  ", "    ")
 say(
     "What both leave out: the parameters' gradients (their x2 is for the layer "
     "outputs, not the weights), the optimizer's state (Adam: 2 x the parameters), the "

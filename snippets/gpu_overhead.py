@@ -196,6 +196,35 @@ def workspace_config_bytes(config):
     return sum(size * 1024 * count for size, count in zip(numbers[::2], numbers[1::2]))
 
 
+def workspace_text(workspace):
+    """What the first matmul's jump in memory_allocated (bytes) is."""
+    if workspace > 0:
+        return (
+            f"That is cuBLAS's workspace: {workspace:,} bytes = "
+            f"{workspace / MiB:g} MiB, allocated through PyTorch's caching allocator "
+            "and kept for as long as the process runs."
+        )
+    return (
+        "No allocator jump: this PyTorch lets cuBLAS keep its workspace outside "
+        "the caching allocator."
+    )
+
+
+def outside_text(outside):
+    """What grew outside PyTorch's allocator at the first matmul (nvidia-smi's growth
+    minus reserved's, bytes; nvidia-smi counts whole MiB)."""
+    if outside > 0:
+        return (
+            f"Outside PyTorch's allocator (nvidia-smi - reserved) it grew by "
+            f"{outside:,} bytes: cuBLAS's handle and its kernels, loaded into the "
+            "context"
+        )
+    return (
+        f"Outside PyTorch's allocator (nvidia-smi - reserved) it did not grow "
+        f"({outside:+,} bytes, in nvidia-smi's whole MiB)"
+    )
+
+
 images = torch.randn(1024, 1, 28, 28, device=device)  # memory depends on the shape only
 record("batch of 1024")
 hidden = model.layer1(model.flatten(images))  # the process's first matrix multiply
@@ -206,18 +235,8 @@ if device.type == "cuda":
     workspace = after["allocated"] - before["allocated"]
     grown = after["reserved"] - before["reserved"]
     print("After the first matmul (its output deleted):")
-    print(f"  memory_allocated +{workspace:,} bytes, memory_reserved +{grown:,} bytes")
-    if workspace > 0:
-        say(
-            f"That is cuBLAS's workspace: {workspace:,} bytes = "
-            f"{workspace / MiB:g} MiB, allocated through PyTorch's caching allocator "
-            "and kept for as long as the process runs."
-        )
-    else:
-        say(
-            "No allocator jump: this PyTorch lets cuBLAS keep its workspace outside "
-            "the caching allocator."
-        )
+    print(f"  memory_allocated {workspace:+,} bytes, memory_reserved {grown:+,} bytes")
+    say(workspace_text(workspace))
     config = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if config:
         asked = workspace_config_bytes(config)
@@ -237,12 +256,7 @@ if device.type == "cuda":
         "cuBLAS use TF32 for float32 matrix multiplies)"
     )
     if after["smi"] is not None and before["smi"] is not None:
-        outside = (after["smi"] - before["smi"]) * MiB - grown
-        say(
-            f"Outside PyTorch's allocator (nvidia-smi - reserved) it grew by "
-            f"{outside:,} bytes: cuBLAS's handle and its kernels, loaded into the "
-            "context"
-        )
+        say(outside_text((after["smi"] - before["smi"]) * MiB - grown))
 else:
     say(
         "CPU: no cuBLAS here; the matmul runs in the CPU BLAS library, and its buffers "
@@ -255,7 +269,25 @@ else:
         f"since the model, the batch of {batch_bytes:,} bytes included)"
     )
 
+
 # %% training-step
+def step_text(made, grown):
+    """CPU: the bytes of the tensors the step made against the RSS's growth."""
+    tensors = (
+        f"CPU: the tensors this step created hold {made:,} bytes (gradients, Adam's "
+        "state, labels, logits, loss)"
+    )
+    if grown > made:
+        return (
+            f"{tensors}; the rest is code and buffers that backward and the optimizer "
+            "use for the first time"
+        )
+    return (
+        f"{tensors}, more than the RSS grew: part of them went into memory the "
+        "process already held"
+    )
+
+
 optimizer = optim.Adam(model.parameters(), lr=1e-3)
 labels = torch.randint(0, 10, (1024,), device=device)
 output = model(images)
@@ -281,13 +313,23 @@ else:
         f"CPU: RSS after one Adam step at batch 1024: {rss:,} bytes ({grown:+,} bytes "
         "since the first matmul)"
     )
-    say(
-        f"CPU: the tensors this step created hold {made:,} bytes (gradients, Adam's "
-        "state, labels, logits, loss); the rest is code and buffers that backward and "
-        "the optimizer use for the first time"
-    )
+    say(step_text(made, grown))
+
 
 # %% block-rounding
+def rounding_text(one, odd):
+    """What memory_allocated's growth for a 1-byte and a 513-byte tensor shows."""
+    if (one, odd) == (512, 1024):
+        return (
+            "The caching allocator hands out blocks in multiples of 512 bytes: every "
+            "tensor is rounded up."
+        )
+    return (
+        "Not the caching allocator's usual 512-byte blocks (+512 and +1,024): this "
+        "allocator rounds differently."
+    )
+
+
 allocated = torch.cuda.memory_allocated if device.type == "cuda" else (lambda: 0)
 start = allocated()
 one_byte = torch.empty(1, dtype=torch.uint8, device=device)
@@ -295,12 +337,9 @@ after_one = allocated()
 odd = torch.empty(513, dtype=torch.uint8, device=device)
 after_odd = allocated()
 if device.type == "cuda":
-    print(f"a 1-byte tensor:   memory_allocated +{after_one - start:,} bytes")
-    print(f"a 513-byte tensor: memory_allocated +{after_odd - after_one:,} bytes")
-    say(
-        "The caching allocator hands out blocks in multiples of 512 bytes: every "
-        "tensor is rounded up."
-    )
+    print(f"a 1-byte tensor:   memory_allocated {after_one - start:+,} bytes")
+    print(f"a 513-byte tensor: memory_allocated {after_odd - after_one:+,} bytes")
+    say(rounding_text(after_one - start, after_odd - after_one))
 else:
     sizes = one_byte.untyped_storage().nbytes(), odd.untyped_storage().nbytes()
     say(

@@ -228,10 +228,19 @@ for label, meter in (
     peak, event = meter.peak()
     print(f"{label:<24} {peak:>11,}" + ("" if ALLOCATOR else f"  {event}"))
 full_peak, micro_peak = full_meter.peak()[0], micro_meter.peak()[0]
-print(
-    f"Accumulation: {micro_peak / full_peak:.2f} of the full batch's peak, "
-    f"{full_peak - micro_peak:,} bytes less ({METHOD})"
-)
+
+
+def saving(full_peak, micro_peak):
+    """Accumulation's peak against the full batch's, in words that fit the numbers."""
+    ratio = f"Accumulation: {micro_peak / full_peak:.2f} of the full batch's peak"
+    if micro_peak < full_peak:
+        return f"{ratio}, {full_peak - micro_peak:,} bytes less ({METHOD})"
+    if micro_peak > full_peak:
+        return f"{ratio}, {micro_peak - full_peak:,} bytes more ({METHOD})"
+    return f"{ratio}, as many bytes ({METHOD})"
+
+
+print(saving(full_peak, micro_peak))
 
 # %% compare
 TOLERANCE = 1e-6  # absolute, for every single number of every gradient
@@ -240,6 +249,28 @@ TOLERANCE = 1e-6  # absolute, for every single number of every gradient
 def largest_difference(gradients, others):
     """The largest absolute difference between two lists of gradients."""
     return max((a - b).abs().max().item() for a, b in zip(gradients, others))
+
+
+def agreement(worst):
+    """(verdict, what it means) for the largest difference from the full batch."""
+    if worst <= TOLERANCE:
+        return (
+            "equal",
+            "The differences are float32 rounding: the same sums in another order.",
+        )
+    return (
+        "NOT equal",
+        "Check the weights: each loss times its batch's share of the samples.",
+    )
+
+
+def scaled(ratio, steps):
+    """What leaving out the 1/steps weighting did to the gradients' size (ratio: the
+    norm of the unweighted gradients over the full batch's)."""
+    head = f"Without weighting each loss by 1/{steps}: gradients"
+    if f"{ratio:.2f}" == "1.00":
+        return f"{head} as large as with it (1.00 times)"
+    return f"{head} {ratio:.2f} times too {'large' if ratio > 1 else 'small'}"
 
 
 names = [n for n, _ in MLP().named_parameters()]
@@ -254,23 +285,18 @@ for n, full, micro in zip(names, full_gradients, micro_gradients):
         f"{n:<14} {shape:<11} {full.abs().max().item():>16.3e} {differences[-1]:>17.1e}"
     )
 worst = max(differences)
-verdict = "equal" if worst <= TOLERANCE else "NOT equal"
+verdict, meaning = agreement(worst)
 print(
     f"Largest difference {worst:.1e}, tolerance {TOLERANCE:.0e} (absolute): "
     f"{verdict} within the tolerance"
 )
-if worst <= TOLERANCE:
-    say("The differences are float32 rounding: the same sums in another order.")
-else:
-    say("Check the weights: each loss times its batch's share of the samples.")
+say(meaning)
 unscaled, _ = one_update(micro_loader, lambda n: 1)  # the classic mistake: no 1/16
 ratio = (
     torch.cat([g.flatten() for g in unscaled]).norm()
     / torch.cat([g.flatten() for g in full_gradients]).norm()
 )
-print(
-    f"Without weighting each loss by 1/{STEPS}: gradients {ratio:.2f} times too large"
-)
+print(scaled(ratio.item(), STEPS))
 say(
     f"Learning rate: choose it for the effective batch of {EFFECTIVE}, not for "
     f"{MICRO}: each update is the one a batch of {EFFECTIVE} makes, and there are "
@@ -299,7 +325,7 @@ print(f"{'each micro-batch':<44} {'max |difference|':>16}  vs one batch of {UNEV
 for rule, share in rules.items():
     gradients, _ = one_update(uneven_loader, share)
     worst = largest_difference(reference, gradients)
-    verdict = "equal" if worst <= TOLERANCE else "NOT equal"
+    verdict = agreement(worst)[0]
     print(f"{rule:<44} {worst:>16.1e}  {verdict} within {TOLERANCE:.0e}")
 
 # %% chart

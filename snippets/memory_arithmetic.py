@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import sys
+import textwrap
 
 import matplotlib.pyplot as plt
 import torch
@@ -229,15 +230,31 @@ VERDICTS = {
     (False, False): "neither KiB nor kB",
 }
 head = f"{'lesson':>7}{'exact bytes':>12}{'binary':>11}{'decimal':>10}"
+
+
+def prose_text(neither):
+    """What the table says of the lesson's prose figures: those that are neither KiB
+    nor kB (each once), or that all are one or the other."""
+    if not neither:
+        return "Each of its prose figures is right as KiB or as kB."
+    figures = list(dict.fromkeys(neither))
+    listed = ", ".join(str(figure) for figure in figures)
+    if len(figures) == 1:
+        return f"Its prose figure ({listed} 'KB') is neither KiB nor kB."
+    return f"Its prose figures ({listed} 'KB') are neither KiB nor kB."
+
+
 print(f"{'item':<26}{head}  verdict")
+neither = []
 for item, said, exact in rows:
     verdict = VERDICTS[matches(said, exact / 1024), matches(said, exact / 1000)]
     sizes = f"{exact / 1024:>7.1f} KiB{exact / 1000:>7.1f} kB"
     print(f"{item:<26}{f'~{said} KB':>7}{exact:>12,}{sizes}  {verdict}")
+    if verdict == VERDICTS[False, False]:
+        neither.append(said)
 script = " / ".join(f"{exact / 2**20:.2f}" for _, _, exact in rows[:3] + rows[5:6])
 print("The lesson's own script divides by 1024*1024 and prints 'MB': those are MiB,")
-print(f"and its {script} are right. Its prose figures (403, 806, 192 'KB')")
-print("are neither KiB nor kB.")
+print(textwrap.fill(f"and its {script} are right. {prose_text(neither)}", 84))
 
 # %% cifar
 cifar_params = tensor_bytes(cifar_model.parameters())

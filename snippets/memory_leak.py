@@ -207,12 +207,31 @@ for step, (grows, stays) in enumerate(zip(leak, flat), start=1):
 print(f"Growth per step with .item(): {per_step(flat)} ({METHOD})")
 images, labels = next(iter(test_loader))
 batch = images.nbytes + labels.nbytes
-say(
-    f"With the tensor sum, each step keeps its batch ({batch:,} bytes of images and "
-    f"labels) and what autograd saved, until total_loss itself is deleted. Under "
-    f"torch.no_grad() there is no graph at all; .item() is still the right way to "
-    f"add up a number."
-)
+
+
+def kept_text(memory, batch):
+    """What the tensor sum kept, from its memory after each step: each step's batch
+    only if memory grew by at least a batch every step."""
+    growth = min(b - a for a, b in itertools.pairwise(memory))
+    if growth >= batch:
+        kept = (
+            f"With the tensor sum, each step keeps its batch ({batch:,} bytes of "
+            "images and labels) and what autograd saved, until total_loss itself is "
+            "deleted."
+        )
+    else:
+        kept = (
+            "With the tensor sum, memory grew by less than a batch "
+            f"({batch:,} bytes of images and labels) in some step: not every step "
+            "kept its batch."
+        )
+    return (
+        f"{kept} Under torch.no_grad() there is no graph at all; .item() is still the "
+        "right way to add up a number."
+    )
+
+
+say(kept_text(leak, batch))
 
 
 # %% training
@@ -261,12 +280,32 @@ for step in (1, 2, 10, 20):
     )
 memory_growth = history[-1][0] - history[1][0]
 node_growth = (history[-1][1] - history[1][1]) / (len(history) - 2)
-say(
-    f"In training, backward() has already freed each step's saved tensors: from step 2 "
-    f"to step {len(history)} memory grew by {memory_growth:,} bytes, but the graph "
-    f"behind running_loss grew by {node_growth:.0f} nodes a step (host memory, outside "
-    f"the tensors)."
-)
+
+
+def training_text(steps, memory_growth, node_growth, step_batch):
+    """What running_loss kept from step 2 to the last step: backward freed each step's
+    saved tensors only if memory grew by less than one batch a step."""
+    grew = f"from step 2 to step {steps} memory grew by {memory_growth:,} bytes"
+    if memory_growth < (steps - 2) * step_batch:
+        text = (
+            "In training, backward() has already freed each step's saved tensors: "
+            f"{grew}"
+        )
+    else:
+        text = (
+            f"In training, {grew}, at least a batch ({step_batch:,} bytes) a step: "
+            "tensors of every step are still alive"
+        )
+    if node_growth > 0:
+        return (
+            f"{text}, but the graph behind running_loss grew by {node_growth:.0f} "
+            "nodes a step (host memory, outside the tensors)."
+        )
+    return f"{text}, and the graph behind running_loss did not grow."
+
+
+step_batch = 64 * (images[0].nbytes + labels[0].nbytes)  # train()'s batches of 64
+say(training_text(len(history), memory_growth, node_growth, step_batch))
 
 # %% chart
 MiB = 2**20

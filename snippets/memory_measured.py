@@ -300,13 +300,33 @@ for optimizer_name in OPTIMIZERS:
         then = f"batch {parts['batch']:,} | saved activations {parts['activations']:,}"
         then += f" | logits + loss {parts['kept']:,}"
         print(f"  parts: {first}\n         {then}")
+
+
+def allocator_note(rows):
+    """What the CUDA columns of `rows` (phase, counted, allocated, peak, reserved)
+    show against the counted bytes, in words that fit them."""
+    counted, allocated, peak = ([row[k] for row in rows] for k in (1, 2, 3))
+    pairs = list(zip(counted, allocated))
+    if all(a >= c for c, a in pairs) and any(a > c for c, a in pairs):
+        first = (
+            "On CUDA 'allocated' is above 'counted' because the allocator rounds "
+            "every tensor up to a multiple of 512 bytes"
+        )
+    elif all(a == c for c, a in pairs):
+        first = "On CUDA 'allocated' equals 'counted' at every phase"
+    else:
+        first = "On CUDA 'allocated' is below 'counted' at some phase"
+    if any(p > a for a, p in zip(allocated, peak)):
+        return (
+            f"{first}; 'peak' is higher still because of temporaries, such as the "
+            "layer1 output before ReLU (freed as soon as ReLU has run) and the buffers "
+            "Adam's step uses while it updates."
+        )
+    return f"{first}; 'peak' is never above 'allocated': no temporary was seen."
+
+
 if ALLOCATOR:
-    say(
-        "On CUDA 'allocated' is above 'counted' because the allocator rounds every "
-        "tensor up to a multiple of 512 bytes; 'peak' is higher still because of "
-        "temporaries, such as the layer1 output before ReLU (freed as soon as ReLU has "
-        "run) and the buffers Adam's step uses while it updates."
-    )
+    say(allocator_note([row for rows, _ in results.values() for row in rows]))
 
 # %% summary
 cpu_note = " - CPU: counted from tensor sizes, not an allocator"
@@ -323,9 +343,43 @@ for (optimizer_name, batch_size), (rows, parts) in results.items():
     sizes += [max(r[3] for r in rows)] if ALLOCATOR else []
     cols = "".join(f"{n:>{w},}" for n, w in zip(sizes, widths))
     print(f"{optimizer_name:<5}{batch_size:>6}{cols}")
-parts = results["Adam", 1024][1]
-say(
-    f"At batch 1024 the input batch ({parts['batch']:,} bytes) is the biggest item; "
-    f"Adam's state ({parts['state']:,}) outweighs all the activations autograd keeps "
-    f"({parts['activations']:,})."
-)
+
+
+def biggest_items(batch_size, parts):
+    """Which part of an Adam step at this batch size is the biggest, and Adam's state
+    against the saved activations, in words that fit the numbers."""
+    names = {
+        "params": "the parameters",
+        "grads": "the gradients",
+        "state": "Adam's state",
+        "batch": "the input batch",
+        "activations": "what autograd keeps for backward",
+        "kept": "the logits and loss",
+    }
+    top = max(names, key=lambda k: parts[k])
+    ties = [names[k] for k in names if parts[k] == parts[top]]
+    if len(ties) > 1:
+        first = f"{' and '.join(ties)} tie for the biggest item ({parts[top]:,} bytes)"
+    else:
+        verb = "are" if top in ("params", "grads", "kept") else "is"
+        first = f"{ties[0]} ({parts[top]:,} bytes) {verb} the biggest item"
+    state, saved = parts["state"], parts["activations"]
+    if state > saved:
+        second = (
+            f"Adam's state ({state:,}) outweighs all the activations autograd keeps "
+            f"({saved:,})"
+        )
+    elif state < saved:
+        second = (
+            f"all the activations autograd keeps ({saved:,}) outweigh Adam's state "
+            f"({state:,})"
+        )
+    else:
+        second = (
+            f"Adam's state and the activations autograd keeps weigh the same "
+            f"({state:,})"
+        )
+    return f"At batch {batch_size} {first}; {second}."
+
+
+say(biggest_items(1024, results["Adam", 1024][1]))

@@ -220,18 +220,25 @@ else:
         "state + batch + what autograd saved for backward (unique storages) + logits "
         "and loss"
     )
+
+
+def history_text(optimizer_name, logs):
+    """What the allocator's log says about the two steps: step 2 reuses the cached
+    blocks only if it asked CUDA for no new segment."""
+    (a0, s0), (a1, s1), (a2, s2) = logs
+    return (
+        f"{optimizer_name}: the allocator served {a1 - a0} tensor allocations from "
+        f"the model's creation to the end of step 1 and {a2 - a1} in step 2; it "
+        f"asked CUDA for new memory (a cudaMalloc'd segment) {s1 - s0} times, then "
+        f"{s2 - s1} times" + (": step 2 reuses the cached blocks" if s2 == s1 else "")
+    )
+
+
 timelines = {}
 for optimizer_name in OPTIMIZERS:
     timelines[optimizer_name], logs = two_steps(optimizer_name, log=history)
     if history and None not in logs:
-        (a0, s0), (a1, s1), (a2, s2) = logs
-        say(
-            f"{optimizer_name}: the allocator served {a1 - a0} tensor allocations from "
-            f"the model's creation to the end of step 1 and {a2 - a1} in step 2; it "
-            f"asked CUDA for new memory (a cudaMalloc'd segment) {s1 - s0} times, then "
-            f"{s2 - s1} times"
-            + (": step 2 reuses the cached blocks" if s2 == s1 else "")
-        )
+        say(history_text(optimizer_name, logs))
 if history:
     torch.cuda.memory._record_memory_history(enabled=None)  # stop recording
 
@@ -267,46 +274,102 @@ def change(name, event):
     return timelines[name][index] - timelines[name][index - 1]
 
 
+def zero_grad_text(drop):
+    """What zero_grad did, from the bytes it freed."""
+    if drop > 0:
+        return (
+            "Gradients appear at the first backward and stay until zero_grad, which by "
+            f"default sets them to None: memory drops by {drop:,} bytes, and they come "
+            "back at the next backward."
+        )
+    return (
+        f"zero_grad freed no memory here ({-drop:+,} bytes): the gradients stay "
+        "between steps."
+    )
+
+
+def state_text(adam_first, sgd_first, adam_second):
+    """What Adam's two optimizer steps added, against SGD's first."""
+    if adam_first <= sgd_first:
+        return (
+            f"Adam's first optimizer step added no more than SGD's ({adam_first:+,} "
+            f"bytes; SGD: {sgd_first:+,}): no state of its own appeared."
+        )
+    appears = (
+        f"Adam's state appears at the first optimizer step (+{adam_first:,} bytes; "
+        f"SGD: {sgd_first:+,})"
+    )
+    if adam_second == 0:
+        return f"{appears} and stays: at step 2 Adam adds {adam_second:+,}."
+    return f"{appears}; at step 2 its step changes memory again, by {adam_second:+,}."
+
+
+def replaced_text(added):
+    """The second batch's arrival: it replaces the first only if nothing is added."""
+    if added == 0:
+        return (
+            "At '2: batch to device' the new batch replaces the old one (freed when "
+            f"the variable is reassigned): {added:+,} bytes."
+        )
+    return (
+        f"At '2: batch to device' memory changes by {added:+,} bytes: the new batch "
+        "does not simply replace the old one."
+    )
+
+
+def created_text(sgd, adam):
+    """What creating each optimizer cost."""
+    if sgd == adam == 0:
+        return (
+            f"Creating the optimizer costs nothing yet (SGD {sgd:+,}, Adam {adam:+,}): "
+            "Adam makes its state lazily, at its first step."
+        )
+    return (
+        f"Creating the optimizer already costs memory (SGD {sgd:+,}, Adam "
+        f"{adam:+,}), before its first step."
+    )
+
+
+def end_text(more, state):
+    """Adam's lead over SGD at the end against what Adam's first step added beyond
+    SGD's (its state)."""
+    if more == state:
+        return (
+            "Activations come and go with each forward and backward; at the end Adam "
+            f"holds {more:,} bytes more than SGD: its state."
+        )
+    return (
+        "Activations come and go with each forward and backward; at the end Adam "
+        f"holds {more:,} bytes more than SGD, which is not its state ({state:,} bytes)."
+    )
+
+
 for step in (1, 2):
     forward = change("Adam", f"{step}: forward")
     backward = change("Adam", f"{step}: backward")
     zero_grad = change("Adam", f"{step}: zero_grad")
     say(
-        f"Step {step}: forward +{forward:,} bytes (activations autograd keeps, logits, "
+        f"Step {step}: forward {forward:+,} bytes (activations autograd keeps, logits, "
         f"loss); backward {backward:+,} (gradients in, saved activations out); "
         f"zero_grad {zero_grad:+,}"
     )
-say(
-    "Gradients appear at the first backward and stay until zero_grad, which by default "
-    f"sets them to None: memory drops by {-change('SGD', '1: zero_grad'):,} bytes, and "
-    "they come back at the next backward."
-)
-say(
-    "Adam's state appears at the first optimizer step "
-    f"(+{change('Adam', '1: optimizer step'):,} bytes; SGD: "
-    f"{change('SGD', '1: optimizer step'):+,}) and stays: at step 2 Adam adds "
-    f"{change('Adam', '2: optimizer step'):+,}."
-)
+say(zero_grad_text(-change("SGD", "1: zero_grad")))
+adam_first = change("Adam", "1: optimizer step")
+sgd_first = change("SGD", "1: optimizer step")
+say(state_text(adam_first, sgd_first, change("Adam", "2: optimizer step")))
 if device.type == "cpu":
     say(
         "(on the CPU that includes Adam's four 4-byte step counters, which a CUDA "
         "model keeps in host memory)"
     )
+say(replaced_text(change("SGD", "2: batch to device")))
 say(
-    "At '2: batch to device' the new batch replaces the old one (freed when the "
-    f"variable is reassigned): {change('SGD', '2: batch to device'):+,} bytes."
-)
-say(
-    "Creating the optimizer costs nothing yet "
-    f"(SGD {change('SGD', 'optimizer created'):+,}, "
-    f"Adam {change('Adam', 'optimizer created'):+,}): Adam makes its state lazily, at "
-    "its first step."
+    created_text(
+        change("SGD", "optimizer created"), change("Adam", "optimizer created")
+    )
 )
 more = timelines["Adam"][-1] - timelines["SGD"][-1]
-say(
-    "Activations come and go with each forward and backward; at the end Adam holds "
-    f"{more:,} bytes more than SGD: its state."
-)
+say(end_text(more, adam_first - sgd_first))
 
 # %% chart
 MiB = 2**20

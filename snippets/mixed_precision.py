@@ -254,11 +254,31 @@ same = all(
 )
 print(f"Parameters, gradients and Adam's state unchanged under autocast: {same}")
 copy = total("autocast", "saved: copy of the batch")
-say(
-    f"Autocast also saved a {AMP} copy of the batch for layer1's backward, {copy:,} "
-    f"bytes, which the cast batch avoids, and {AMP} copies of weights, "
-    f"{total('autocast', 'saved: copies of weights'):,} bytes."
-)
+
+
+def copies_text(amp, copy, cast_copy, weights):
+    """What autocast saved in copies (bytes): of the batch, with a float32 batch and
+    with the batch cast first, and of the weights."""
+    if not copy:
+        batch = f"Autocast saved no {amp} copy of the batch"
+    elif not cast_copy:
+        batch = (
+            f"Autocast also saved a {amp} copy of the batch for layer1's backward, "
+            f"{copy:,} bytes, which the cast batch avoids"
+        )
+    else:
+        batch = (
+            f"Autocast also saved a {amp} copy of the batch for layer1's backward, "
+            f"{copy:,} bytes, and so did the cast batch, {cast_copy:,} bytes"
+        )
+    if weights:
+        return f"{batch}, and {amp} copies of weights, {weights:,} bytes."
+    return f"{batch}, and no copies of weights."
+
+
+cast_copy = total("cast batch", "saved: copy of the batch")
+weights = total("autocast", "saved: copies of weights")
+say(copies_text(AMP, copy, cast_copy, weights))
 images32, images16 = (total(r, "batch: images") for r in ("float32", "cast batch"))
 print(f"The batch's images: {images32:,} bytes in float32, {images16:,} in {AMP}")
 

@@ -135,9 +135,26 @@ for name, values in (("before (ToTensor)", before), ("after Normalize", after)):
     values = values.double()
     stats = (values.min(), values.max(), values.mean(), values.std())
     print(f"{name:<20}" + "".join(f"{v.item():>9.4f}" for v in stats))
-print(
-    "After: mean about 0 and std about 1 (not exactly: 0.1307 and 0.3081 are rounded)."
-)
+ABOUT = 0.005  # "about": within this of 0 and of 1, the same to 2 decimals
+
+
+def normalized_text(mean, std):
+    """What Normalize gave the whole training set, in words that fit its mean and
+    std."""
+    if mean == 0 and std == 1:
+        return "After: mean 0 and std 1, exactly."
+    if abs(mean) < ABOUT and abs(std - 1) < ABOUT:
+        return (
+            "After: mean about 0 and std about 1 (not exactly: 0.1307 and 0.3081 are "
+            "rounded)."
+        )
+    return (
+        f"After: mean {mean:.4f} and std {std:.4f}, not about 0 and 1:\n0.1307 and "
+        "0.3081 are not this data's mean and std."
+    )
+
+
+print(normalized_text(stats[2].item(), stats[3].item()))  # the "after" row's
 
 # %% histogram
 # Pixel-value histogram before and after normalisation. MNIST pixels take only 256

@@ -1,0 +1,547 @@
+"""Printed conclusions follow the numbers (issue 16, item 2).
+
+Every sentence a snippet prints after a measurement that draws a conclusion from it (most of the bytes are the
+batch, Adam's state outweighs the activations, the gradients are too large, both peaks are at one event, ...) is
+chosen by that measurement in a small function of the snippet. These tests load only those functions (and the
+constants they read) from the snippet's source, drive every branch with chosen numbers, and assert the sentence for
+each: a sentence printed for numbers that contradict it fails here. Then, for each snippet, the committed CPU
+recording is read back: the sentence it printed is the one its function gives for the numbers printed beside it.
+"""
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import re
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = ROOT / "snippets"
+RECORDINGS = ROOT / "docs" / "outputs" / "cpu"
+MiB = 2**20
+
+
+def load(snippet: str, *names: str, **env) -> dict:
+    """The snippet's top-level functions and assignments that define any of ``names``, executed in a namespace of
+    ``env``: the verdict functions, without running a measurement or loading MNIST."""
+    path = SNIPPETS / f"{snippet}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    wanted, found = [], set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            wanted.append(node)
+            found.add(node.name)
+        elif isinstance(node, ast.Assign):
+            targets = {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            if targets & set(names):
+                wanted.append(node)
+                found |= targets & set(names)
+    assert found == set(names), f"{snippet}.py does not define {set(names) - found}"
+    namespace = dict(env)
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+def prose(text: str) -> str:
+    return " ".join(text.split())
+
+
+def recorded(snippet: str) -> dict[str, str]:
+    """{cell: stdout} of the committed CPU recording."""
+    recording = json.loads((RECORDINGS / f"{snippet}.json").read_text(encoding="utf-8"))
+    return {cell["name"]: cell["stdout"] for cell in recording["cells"]}
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+# --- inference_memory: why the test batch of 1000 is fine ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inference():
+    return load("inference_memory", "why_fine")
+
+
+def test_most_of_the_evaluation_peak_is_the_batch_only_when_it_is(inference):
+    why = inference["why_fine"]
+    said = why(1000, 0, 4_575_080, 3_144_000)         # the CPU recording: 69% of the peak
+    assert said.startswith("Why the lesson's test batch of 1000 is fine: under no_grad nothing is kept for backward")
+    assert said.endswith("Most of its 4,575,080 bytes are the batch itself.")
+    # Before: "Most of its ... bytes are the batch itself" was printed whatever the share.
+    for peak in (7_000_000, 2 * 3_144_000):            # under half, and exactly half: not most
+        said = why(1000, 0, peak, 3_144_000)
+        assert "Most of" not in said
+        assert said.endswith(f"The batch itself, 3,144,000 bytes, is not most of its {peak:,}.")
+
+
+def test_nothing_kept_for_backward_only_when_no_grad_saved_nothing(inference):
+    said = inference["why_fine"](1000, 552_004, 4_575_080, 3_144_000)
+    # Before: "under no_grad nothing is kept for backward" whatever autograd saved.
+    assert "nothing is kept" not in said and "is fine" not in said
+    assert said.startswith("Under no_grad autograd still saved 552,004 bytes for backward here")
+
+
+def test_inference_memory_recording_prints_its_verdict(inference):
+    out = recorded("inference_memory")
+    saved = number(re.search(r"^torch\.no_grad\(\)\s+([\d,]+)", out["measure"], re.M)[1])
+    peak = number(re.search(r"evaluating it \(no_grad\):\s+([\d,]+)", out["why-1000"])[1])
+    batch = number(re.search(r"the batch itself:\s+([\d,]+)", out["why-1000"])[1])
+    assert prose(inference["why_fine"](1000, saved, peak, batch)) in prose(out["why-1000"])
+
+
+# --- grad_accumulation: the comparison (the model), the peaks, the unweighted gradients -----------------------------
+
+@pytest.fixture(scope="module")
+def accumulation():
+    return load("grad_accumulation", "TOLERANCE", "agreement", "saving", "scaled", METHOD="counted tensor bytes")
+
+
+def test_rounding_is_named_only_within_the_tolerance(accumulation):
+    agreement = accumulation["agreement"]
+    assert agreement(2.6e-8) == ("equal", "The differences are float32 rounding: the same sums in another order.")
+    assert agreement(accumulation["TOLERANCE"])[0] == "equal"
+    assert agreement(2.0e-3) == ("NOT equal", "Check the weights: each loss times its batch's share of the samples.")
+
+
+def test_accumulation_saves_bytes_only_when_its_peak_is_lower(accumulation):
+    saving = accumulation["saving"]
+    assert saving(4_888_756, 1_832_116) == (
+        "Accumulation: 0.37 of the full batch's peak, 3,056,640 bytes less (counted tensor bytes)")
+    # Before: "-500 bytes less" for a higher peak.
+    assert saving(1_000, 1_500) == "Accumulation: 1.50 of the full batch's peak, 500 bytes more (counted tensor bytes)"
+    assert saving(1_000, 1_000) == "Accumulation: 1.00 of the full batch's peak, as many bytes (counted tensor bytes)"
+
+
+def test_unweighted_gradients_are_too_large_only_when_they_are(accumulation):
+    scaled = accumulation["scaled"]
+    assert scaled(16.0, 16) == "Without weighting each loss by 1/16: gradients 16.00 times too large"
+    # Before: "too large" whatever the ratio.
+    assert scaled(0.5, 16) == "Without weighting each loss by 1/16: gradients 0.50 times too small"
+    assert scaled(1.0001, 16) == "Without weighting each loss by 1/16: gradients as large as with it (1.00 times)"
+
+
+def test_grad_accumulation_recording_prints_its_verdicts(accumulation):
+    out = recorded("grad_accumulation")
+    full, micro = (number(n) for n in re.findall(r"^(?:one batch of 1024|16 micro-batches of 64)\s+([\d,]+)",
+                                                  out["peaks"], re.M))
+    assert accumulation["saving"](full, micro) in out["peaks"]
+    worst = float(re.search(r"Largest difference (\S+),", out["compare"])[1])
+    verdict, meaning = accumulation["agreement"](worst)
+    assert f"{verdict} within the tolerance" in out["compare"] and meaning in out["compare"]
+    ratio = float(re.search(r"gradients ([\d.]+) times", out["compare"])[1])
+    assert accumulation["scaled"](ratio, 16) in out["compare"]
+
+
+# --- memory_measured: the biggest item, the allocator's columns -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def measured():
+    return load("memory_measured", "biggest_items", "allocator_note")
+
+
+CPU_PARTS = dict(params=407_080, grads=407_080, state=814_176, batch=3_219_456, activations=565_252, kept=40_964)
+
+
+def test_the_biggest_item_and_what_outweighs_what_follow_the_parts(measured):
+    biggest = measured["biggest_items"]
+    assert biggest(1024, CPU_PARTS) == (
+        "At batch 1024 the input batch (3,219,456 bytes) is the biggest item; Adam's state (814,176) outweighs all "
+        "the activations autograd keeps (565,252).")
+    # Before: the input batch was the biggest item and Adam's state outweighed the activations, whatever the parts.
+    deep = dict(CPU_PARTS, activations=9_000_000)
+    assert biggest(1024, deep) == (
+        "At batch 1024 what autograd keeps for backward (9,000,000 bytes) is the biggest item; all the activations "
+        "autograd keeps (9,000,000) outweigh Adam's state (814,176).")
+    assert biggest(64, dict(CPU_PARTS, batch=201_216, activations=35_332)).startswith(
+        "At batch 64 Adam's state (814,176 bytes) is the biggest item;")
+    assert biggest(64, dict(CPU_PARTS, batch=1, activations=1, state=0)).startswith(
+        "At batch 64 the parameters and the gradients tie for the biggest item (407,080 bytes);")
+    assert biggest(8, dict(CPU_PARTS, params=5_000_000)).startswith(
+        "At batch 8 the parameters (5,000,000 bytes) are the biggest item;")
+    assert biggest(1024, dict(CPU_PARTS, activations=814_176)).endswith(
+        "Adam's state and the activations autograd keeps weigh the same (814,176).")
+
+
+def test_the_allocator_note_follows_its_columns(measured):
+    note = measured["allocator_note"]
+    rounded = [("model loaded", 407_080, 407_552, 407_552, 2 * MiB), ("forward", 646_192, 647_168, 1_159_168, 2 * MiB)]
+    assert note(rounded) == (
+        "On CUDA 'allocated' is above 'counted' because the allocator rounds every tensor up to a multiple of 512 "
+        "bytes; 'peak' is higher still because of temporaries, such as the layer1 output before ReLU (freed as soon "
+        "as ReLU has run) and the buffers Adam's step uses while it updates.")
+    # Before: the same two reasons whatever the columns said.
+    same = [("model loaded", 407_080, 407_080, 407_080, 2 * MiB)]
+    assert note(same) == ("On CUDA 'allocated' equals 'counted' at every phase; 'peak' is never above 'allocated': "
+                          "no temporary was seen.")
+    below = [("forward", 646_192, 600_000, 700_000, 2 * MiB)]
+    assert note(below).startswith("On CUDA 'allocated' is below 'counted' at some phase; 'peak' is higher still")
+
+
+def test_memory_measured_recording_prints_its_verdict(measured):
+    out = recorded("memory_measured")
+    adam = out["table"].split("Adam, batch 1024")[1]
+    found = re.search(r"parameters ([\d,]+) \| gradients ([\d,]+) \| optimizer state ([\d,]+)\s+batch ([\d,]+) \| "
+                      r"saved activations ([\d,]+) \| logits \+ loss ([\d,]+)", adam)
+    parts = dict(zip(("params", "grads", "state", "batch", "activations", "kept"), map(number, found.groups())))
+    assert prose(measured["biggest_items"](1024, parts)) in prose(out["summary"])
+
+
+# --- memory_timeline: what each event did -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def timeline():
+    return load("memory_timeline", "history_text", "zero_grad_text", "state_text", "replaced_text", "created_text",
+                "end_text")
+
+
+def test_zero_grad_frees_the_gradients_only_when_memory_drops(timeline):
+    said = timeline["zero_grad_text"]
+    assert said(407_080) == ("Gradients appear at the first backward and stay until zero_grad, which by default sets "
+                             "them to None: memory drops by 407,080 bytes, and they come back at the next backward.")
+    # Before: "memory drops by 0 bytes" after "sets them to None".
+    assert said(0) == "zero_grad freed no memory here (+0 bytes): the gradients stay between steps."
+
+
+def test_adams_state_appears_and_stays_only_when_the_steps_say_so(timeline):
+    said = timeline["state_text"]
+    assert said(814_176, 0, 0) == ("Adam's state appears at the first optimizer step (+814,176 bytes; SGD: +0) and "
+                                   "stays: at step 2 Adam adds +0.")
+    # Before: "and stays" even when step 2 changed memory, and "appears" when step 1 added nothing.
+    assert said(814_176, 0, 512) == ("Adam's state appears at the first optimizer step (+814,176 bytes; SGD: +0); at "
+                                     "step 2 its step changes memory again, by +512.")
+    assert said(0, 0, 0) == ("Adam's first optimizer step added no more than SGD's (+0 bytes; SGD: +0): no state of "
+                             "its own appeared.")
+
+
+def test_the_new_batch_replaces_the_old_only_when_nothing_is_added(timeline):
+    said = timeline["replaced_text"]
+    assert said(0) == ("At '2: batch to device' the new batch replaces the old one (freed when the variable is "
+                       "reassigned): +0 bytes.")
+    assert said(3_219_456) == ("At '2: batch to device' memory changes by +3,219,456 bytes: the new batch does not "
+                               "simply replace the old one.")
+
+
+def test_creating_the_optimizer_costs_nothing_only_when_it_adds_nothing(timeline):
+    said = timeline["created_text"]
+    assert said(0, 0) == ("Creating the optimizer costs nothing yet (SGD +0, Adam +0): Adam makes its state lazily, "
+                          "at its first step.")
+    assert said(0, 512) == "Creating the optimizer already costs memory (SGD +0, Adam +512), before its first step."
+
+
+def test_adams_lead_at_the_end_is_its_state_only_when_it_equals_it(timeline):
+    said = timeline["end_text"]
+    assert said(814_176, 814_176).endswith("at the end Adam holds 814,176 bytes more than SGD: its state.")
+    assert said(900_000, 814_176).endswith(
+        "at the end Adam holds 900,000 bytes more than SGD, which is not its state (814,176 bytes).")
+
+
+def test_step_2_reuses_the_cached_blocks_only_without_a_new_segment(timeline):
+    said = timeline["history_text"]
+    assert said("Adam", [(0, 0), (40, 3), (70, 3)]) == (
+        "Adam: the allocator served 40 tensor allocations from the model's creation to the end of step 1 and 30 in "
+        "step 2; it asked CUDA for new memory (a cudaMalloc'd segment) 3 times, then 0 times: step 2 reuses the "
+        "cached blocks")
+    assert said("Adam", [(0, 0), (40, 3), (70, 4)]).endswith("3 times, then 1 times")
+
+
+def test_memory_timeline_recording_prints_its_verdicts(timeline):
+    out = recorded("memory_timeline")
+    rows = dict((event, (number(sgd), number(adam))) for event, sgd, adam in
+                re.findall(r"^(\S.*?)\s+([\d,]+)\s+([\d,]+)$", out["timeline"], re.M))
+    events = list(rows)
+
+    def change(name, event):
+        column = 0 if name == "SGD" else 1
+        return rows[event][column] - rows[events[events.index(event) - 1]][column]
+
+    adam_first, sgd_first = change("Adam", "1: optimizer step"), change("SGD", "1: optimizer step")
+    expected = [
+        timeline["zero_grad_text"](-change("SGD", "1: zero_grad")),
+        timeline["state_text"](adam_first, sgd_first, change("Adam", "2: optimizer step")),
+        timeline["replaced_text"](change("SGD", "2: batch to device")),
+        timeline["created_text"](change("SGD", "optimizer created"), change("Adam", "optimizer created")),
+        timeline["end_text"](rows[events[-1]][1] - rows[events[-1]][0], adam_first - sgd_first),
+    ]
+    for sentence in expected:
+        assert prose(sentence) in prose(out["timeline"])
+
+
+# --- memory_leak: what the tensor sum keeps, what training keeps ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def leak():
+    return load("memory_leak", "kept_text", "training_text", itertools=itertools)
+
+
+def test_each_step_keeps_its_batch_only_when_memory_grows_by_a_batch(leak):
+    said = leak["kept_text"]
+    grows = [3_696_008 + 3_696_004 * k for k in range(10)]
+    assert said(grows, 3_144_000).startswith(
+        "With the tensor sum, each step keeps its batch (3,144,000 bytes of images and labels) and what autograd "
+        "saved, until total_loss itself is deleted.")
+    # Before: "each step keeps its batch" however little memory grew.
+    assert said([3_696_008, 3_700_000, 3_800_000], 3_144_000).startswith(
+        "With the tensor sum, memory grew by less than a batch (3,144,000 bytes of images and labels) in some step: "
+        "not every step kept its batch.")
+
+
+def test_backward_freed_the_saved_tensors_only_when_memory_did_not_grow_by_a_batch_a_step(leak):
+    said = leak["training_text"]
+    assert said(20, 0, 8, 50_688) == (
+        "In training, backward() has already freed each step's saved tensors: from step 2 to step 20 memory grew by "
+        "0 bytes, but the graph behind running_loss grew by 8 nodes a step (host memory, outside the tensors).")
+    # Before: "has already freed each step's saved tensors" whatever the growth, "but the graph grew" by 0 nodes too.
+    assert said(20, 18 * 50_688, 8, 50_688).startswith(
+        "In training, from step 2 to step 20 memory grew by 912,384 bytes, at least a batch (50,688 bytes) a step: "
+        "tensors of every step are still alive, but the graph")
+    assert said(20, 0, 0, 50_688).endswith(
+        "memory grew by 0 bytes, and the graph behind running_loss did not grow.")
+
+
+def test_memory_leak_recording_prints_its_verdicts(leak):
+    out = recorded("memory_leak")
+    grows = [number(a) for a, _ in re.findall(r"^\s+\d+\s+([\d,]+)\s+([\d,]+)$", out["item"], re.M)]
+    batch = number(re.search(r"keeps its batch \(([\d,]+) bytes", prose(out["item"]))[1])
+    assert prose(leak["kept_text"](grows, batch)) in prose(out["item"])
+    steps = re.findall(r"^training step\s+(\d+):\s+([\d,]+) bytes .*?(\d+) graph nodes$", out["training"], re.M)
+    (_, second, nodes2), (last, final, nodes_last) = steps[1], steps[-1]
+    last = int(last)
+    growth, nodes = number(final) - number(second), (int(nodes_last) - int(nodes2)) / (last - 2)
+    assert prose(leak["training_text"](last, growth, nodes, 64 * (784 * 4 + 8))) in prose(out["training"])
+
+
+# --- mixed_precision: the copies autocast saved ---------------------------------------------------------------------
+
+def test_the_cast_batch_avoids_the_copy_only_when_it_saved_none():
+    said = load("mixed_precision", "copies_text")["copies_text"]
+    assert said("bfloat16", 1_605_632, 0, 2_560) == (
+        "Autocast also saved a bfloat16 copy of the batch for layer1's backward, 1,605,632 bytes, which the cast "
+        "batch avoids, and bfloat16 copies of weights, 2,560 bytes.")
+    # Before: "which the cast batch avoids" whatever the cast batch saved, and a copy of 0 bytes "also saved".
+    assert said("float16", 1_605_632, 1_605_632, 2_560) == (
+        "Autocast also saved a float16 copy of the batch for layer1's backward, 1,605,632 bytes, and so did the cast "
+        "batch, 1,605,632 bytes, and float16 copies of weights, 2,560 bytes.")
+    assert said("bfloat16", 0, 0, 0) == "Autocast saved no bfloat16 copy of the batch, and no copies of weights."
+
+
+def test_mixed_precision_recording_prints_its_verdict():
+    said = load("mixed_precision", "copies_text")["copies_text"]
+    parts = recorded("mixed_precision")["parts"]
+
+    def row(part):
+        found = re.search(rf"^{re.escape(part)}\s+bfloat16\s+(\S+)\s+(\S+)\s+(\S+)$", parts, re.M)
+        return [0 if v == "-" else number(v) for v in found.groups()]
+
+    _, copy, cast_copy = row("saved: copy of the batch")
+    weights = row("saved: copies of weights")[1]
+    assert prose(said("bfloat16", copy, cast_copy, weights)) in prose(parts)
+
+
+# --- batch_size_search: the fitted line's fixed part and its events (CPU) --------------------------------------------
+
+Trial = namedtuple("Trial", "batch fits peak event")
+
+
+@pytest.fixture(scope="module")
+def search():
+    return load("batch_size_search", "SCALARS", "fixed_text", "events_text")
+
+
+def test_the_fixed_part_is_small_scalars_only_when_it_is(search):
+    said = search["fixed_text"]
+    assert said(1_221_264.0, 407_080) == (
+        "CPU: of the fixed part, 407,080 bytes are the parameters and 814,160 Adam's two moment buffers; 24 bytes "
+        "are small scalars (Adam's step counters, the loss, its total weight)")
+    # Before: a line through two peaks at the optimizer step (the gradients still there) gave "407,100 bytes are
+    # small scalars".
+    assert said(1_628_340.0, 407_080) == (
+        "CPU: the fixed part, 1,628,340 bytes, is not the parameters (407,080) and Adam's two moment buffers "
+        "(814,160) with a few scalars: it differs from those two by +407,100 bytes")
+    assert "differs from those two by -80 bytes" in said(1_221_160.0, 407_080)
+
+
+TRIALS = [Trial(512, True, 3_258_548, "1: optimizer step"), Trial(1024, True, 5_046_928, "2: forward"),
+          Trial(2048, True, 8_872_592, "2: forward"), Trial(34_816, True, 131_293_840, "2: forward"),
+          Trial(35_840, False, 135_119_504, "2: forward"), Trial(35_328, True, 133_206_672, "2: forward")]
+LINE = (3_736.0, 1_221_264.0, (34_816, 35_328))
+
+
+def test_both_peaks_at_one_event_only_when_they_are(search):
+    said = search["events_text"]
+    assert said(TRIALS, LINE) == (
+        "Both peaks are at '2: forward'. The line holds where the peak is at that event: in these trials from batch "
+        "1,024 up; smaller batches peak at '1: optimizer step'")
+    # Before: "Both peaks are at" the larger trial's event, whatever the smaller one's.
+    mixed = (3_576.5, 1_427_380.0, (512, 1024))
+    assert said(TRIALS, mixed) == ("The two peaks are at different events ('1: optimizer step' at 512, '2: forward' "
+                                   "at 1,024): the line mixes two kinds of peak")
+    off = [*TRIALS[:2], Trial(2048, True, 8_872_592 + 4_096, "2: forward"), *TRIALS[3:]]
+    assert said(off, LINE) == "Both peaks are at '2: forward', but not every trial that peaks there lies on the line"
+
+
+def test_batch_size_search_recording_prints_its_verdicts(search):
+    out = recorded("batch_size_search")["search"]
+    trials = [Trial(number(b), why.startswith("fits"), number(p), re.search(r"peak at '(.*)'", why)[1])
+              for b, p, why in re.findall(r"^\s+\d+\s+([\d,]+)\s+([\d,]+)\s+(.*)$", out, re.M)]
+    found = re.search(r"line through the peaks at ([\d,]+) and ([\d,]+): ([\d,.]+) bytes per sample \+ ([\d,]+) "
+                      r"bytes fixed", prose(out))
+    b0, b1, per_sample, fixed = number(found[1]), number(found[2]), float(found[3].replace(",", "")), number(found[4])
+    assert prose(search["fixed_text"](fixed, 407_080)) in prose(out)
+    assert prose(search["events_text"](trials, (per_sample, fixed, (b0, b1)))) in prose(out)
+
+
+# --- estimators: the units of their totals and what they count -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def estimators():
+    return load("estimators", "MiB", "in_mib", "in_mb", "linear_outputs_doubled", "summary_text", "info_text",
+                "outputs_text", "legend", "what_each_counts")
+
+
+def test_mib_and_mb_only_when_the_printed_total_is_the_formula_in_them(estimators):
+    summary, info = estimators["summary_text"], estimators["info_text"]
+    assert summary(1.09, 1_145_384) == ("  its 'MB' is MiB: 1.09 MiB = 1,142,948 bytes (+/- 5,243: it prints 2 "
+                                        "decimals);\n  by its formula exactly: 1,145,384 bytes = 1.0923 MiB")
+    # Before: "its 'MB' is MiB" and "by its formula exactly" whatever torchsummary printed.
+    assert summary(1.15, 1_145_384) == ("  its 'MB' is not this formula's MiB: it printed 1.15, the formula gives\n"
+                                        "  1,145,384 bytes = 1.0923 MiB")
+    assert info(0.68, 678_504) == "  its MB is 10^6 bytes: 0.678504 MB = 678,504 bytes"
+    assert info(0.65, 678_504) == "  its MB is not 10^6 bytes of these parts: they add up to 678,504 bytes"
+
+
+def test_torchinfo_counts_the_linear_outputs_doubled_only_when_its_total_is_that(estimators):
+    said = estimators["outputs_text"]
+    assert said(64, 70_656) == ("torchinfo's total_output_bytes at batch 64 = 2 x (64 x 128 + 64 x 10) x 4 = 70,656:\n"
+                                "only the outputs of layers that have parameters (the two Linear layers), doubled")
+    assert said(64, 100_352) == ("torchinfo's total_output_bytes at batch 64: 100,352, not\n2 x (64 x 128 + 64 x 10) x "
+                                 "4 = 70,656:\nnot just the outputs of the two Linear layers, doubled")
+
+
+def test_what_each_counts_is_told_only_for_a_formula_that_held(estimators):
+    legend, counts = estimators["legend"], estimators["what_each_counts"]
+    assert legend(True, True) == ("(bytes) torchsummary: exact bytes of its own formula (it prints MiB labelled 'MB', "
+                                  "2 decimals); torchinfo: total_input + total_output_bytes + total_param_bytes (it "
+                                  "prints 10^6-byte MB).")
+    assert legend(False, False) == ("(bytes) torchsummary: exact bytes of the formula above; torchinfo: total_input + "
+                                    "total_output_bytes + total_param_bytes.")
+    told = counts(True, True)
+    assert told[0].startswith("torchsummary: the input (4 bytes a number) + twice the output of every module")
+    assert told[1].startswith("torchinfo: the input (sys.getsizeof of its storage")
+    assert counts(False, False) == ["torchsummary: not the formula above, which does not give what it printed.",
+                                    "torchinfo: not the sum above, which does not give what it printed."]
+
+
+def test_estimators_recording_prints_its_verdicts(estimators):
+    out = recorded("estimators")
+    summary_ok = info_ok = True
+    for batch, printed, exact in re.findall(r"torchsummary, batch (\d+):.*?Estimated Total Size \(MB\): ([\d.]+).*?"
+                                            r"by its formula exactly: ([\d,]+) bytes", out["torchsummary-estimate"],
+                                            re.S):
+        assert estimators["summary_text"](float(printed), number(exact)) in out["torchsummary-estimate"]
+        summary_ok &= estimators["in_mib"](float(printed), number(exact))
+    info = out["torchinfo-estimate"]
+    for batch, printed, total, outputs in re.findall(r"torchinfo, batch (\d+): Estimated Total Size \(MB\): ([\d.]+)\n"
+                                                     r".*?= ([\d,]+) bytes.*?total_output_bytes ([\d,]+)", info, re.S):
+        assert estimators["info_text"](float(printed), number(total)) in info
+        info_ok &= estimators["in_mb"](float(printed), number(total))
+        info_ok &= number(outputs) == estimators["linear_outputs_doubled"](int(batch))
+    outputs64 = number(re.search(r"torchinfo, batch 64:.*?total_output_bytes ([\d,]+)", info, re.S)[1])
+    assert estimators["outputs_text"](64, outputs64) in info
+    assert summary_ok and info_ok
+    assert prose(estimators["legend"](summary_ok, info_ok)) in prose(out["compare"])
+    for sentence in estimators["what_each_counts"](summary_ok, info_ok):
+        assert prose(sentence) in prose(out["compare"])
+
+
+# --- gpu_overhead: the first step's RSS, the allocator's rounding and workspace --------------------------------------
+
+@pytest.fixture(scope="module")
+def overhead():
+    return load("gpu_overhead", "MiB", "step_text", "rounding_text", "workspace_text", "outside_text")
+
+
+def test_the_rest_of_the_rss_growth_only_when_it_grew_by_more_than_the_tensors(overhead):
+    said = overhead["step_text"]
+    assert said(1_270_412, 171_409_408) == (
+        "CPU: the tensors this step created hold 1,270,412 bytes (gradients, Adam's state, labels, logits, loss); "
+        "the rest is code and buffers that backward and the optimizer use for the first time")
+    # Before: "the rest is ..." even when the RSS grew by less than the tensors (there is no rest).
+    assert said(1_270_412, 1_228_800) == (
+        "CPU: the tensors this step created hold 1,270,412 bytes (gradients, Adam's state, labels, logits, loss), "
+        "more than the RSS grew: part of them went into memory the process already held")
+
+
+def test_cuda_sentences_follow_the_allocators_numbers(overhead):
+    rounding, workspace, outside = overhead["rounding_text"], overhead["workspace_text"], overhead["outside_text"]
+    assert rounding(512, 1024) == ("The caching allocator hands out blocks in multiples of 512 bytes: every tensor is "
+                                   "rounded up.")
+    # Before: "multiples of 512 bytes" whatever memory_allocated grew by.
+    assert rounding(1, 513).startswith("Not the caching allocator's usual 512-byte blocks")
+    assert workspace(32 * MiB).startswith("That is cuBLAS's workspace: 33,554,432 bytes = 32 MiB")
+    assert workspace(0).startswith("No allocator jump")
+    assert outside(2 * MiB).endswith("it grew by 2,097,152 bytes: cuBLAS's handle and its kernels, loaded into the "
+                                     "context")
+    # Before: "it grew by 0 bytes: cuBLAS's handle and its kernels".
+    assert outside(0) == ("Outside PyTorch's allocator (nvidia-smi - reserved) it did not grow (+0 bytes, in "
+                          "nvidia-smi's whole MiB)")
+
+
+def test_gpu_overhead_recording_prints_its_verdict(overhead):
+    text = prose(recorded("gpu_overhead")["training-step"])
+    grown = number(re.search(r"bytes \(\+([\d,]+) bytes since the first matmul\)", text)[1])
+    made = number(re.search(r"the tensors this step created hold ([\d,]+) bytes", text)[1])
+    assert prose(overhead["step_text"](made, grown)) in text
+
+
+# --- preprocessing: what Normalize gave the training set -------------------------------------------------------------
+
+def test_mean_about_0_and_std_about_1_only_when_they_are():
+    said = load("preprocessing", "ABOUT", "normalized_text")["normalized_text"]
+    assert said(-0.0001, 1.0000) == ("After: mean about 0 and std about 1 (not exactly: 0.1307 and 0.3081 are "
+                                     "rounded).")
+    # Before: "mean about 0 and std about 1" whatever the whole training set gave.
+    assert said(0.4, 1.2) == ("After: mean 0.4000 and std 1.2000, not about 0 and 1:\n0.1307 and 0.3081 are not "
+                              "this data's mean and std.")
+    assert said(0.0, 1.0) == "After: mean 0 and std 1, exactly."
+
+
+def test_preprocessing_recording_prints_its_verdict():
+    said = load("preprocessing", "ABOUT", "normalized_text")["normalized_text"]
+    text = recorded("preprocessing")["normalize"]
+    *_, mean, std = re.search(r"^after Normalize\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$", text, re.M).groups()
+    assert said(float(mean), float(std)) in text
+
+
+# --- memory_arithmetic: the lesson's prose figures ---------------------------------------------------------------
+
+def test_the_prose_figures_named_are_the_ones_the_table_finds_wrong():
+    said = load("memory_arithmetic", "prose_text")["prose_text"]
+    assert said([403, 403, 806, 806, 192]) == "Its prose figures (403, 806, 192 'KB') are neither KiB nor kB."
+    # Before: "(403, 806, 192 'KB') are neither KiB nor kB" whatever the verdicts in the table.
+    assert said([192]) == "Its prose figure (192 'KB') is neither KiB nor kB."
+    assert said([]) == "Each of its prose figures is right as KiB or as kB."
+
+
+def test_memory_arithmetic_recording_prints_its_verdict():
+    said = load("memory_arithmetic", "prose_text")["prose_text"]
+    text = recorded("memory_arithmetic")["lesson-vs-exact"]
+    neither = [int(f) for f in re.findall(r"~(\d+) KB .* neither KiB nor kB$", text, re.M)]
+    assert prose(said(neither)) in prose(text)
+
+
+def test_sentences_printed_without_wrapping_fit_88_columns(accumulation, estimators):
+    """The verdicts a snippet prints as they are (not through its wrapping say()) fit 88 columns in every branch."""
+    normalized = load("preprocessing", "ABOUT", "normalized_text")["normalized_text"]
+    printed = [accumulation["saving"](full, micro) for full, micro in
+               ((4_888_756, 1_832_116), (1_832_116, 4_888_756), (4_888_756, 4_888_756))]
+    printed += [accumulation["scaled"](ratio, 16) for ratio in (16.0, 0.06, 1.0)]
+    printed += [estimators["summary_text"](total, 12_219_944) for total in (11.65, 99.99)]
+    printed += [estimators["info_text"](total, 4_748_904) for total in (4.75, 99.99)]
+    printed += [estimators["outputs_text"](64, counted) for counted in (70_656, 1_000_000_000)]
+    printed += [normalized(mean, std) for mean, std in ((-0.0001, 1.0), (-0.1234, 1.2345), (0.0, 1.0))]
+    for text in printed:
+        assert all(len(line) <= 88 for line in text.splitlines()), text
