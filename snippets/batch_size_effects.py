@@ -11,6 +11,7 @@ import math
 import os
 import re
 import socket
+import statistics
 import sys
 import textwrap
 import time
@@ -210,11 +211,13 @@ def training_step_peak(batches, baseline=None):
 
 # %% throughput
 BATCH_SIZES = [2**k for k in range(4, 13)]  # 16 ... 4096
-TIMED_SAMPLES = 8192  # per batch size, and at least 4 steps
+TIMED_SAMPLES = 16384  # per batch size and timing, and at least 4 steps
+REPEATS = 5  # timings of each batch size: the median, and how far they spread
 
 
 def samples_per_second(batch_size):
-    """Samples per second over the timed steps, and how many steps were timed."""
+    """Samples per second over the timed steps of a fresh model, and how many steps
+    were timed."""
     torch.manual_seed(0)
     model = MLP().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
@@ -246,22 +249,48 @@ def first_batches(batch_size):
     ]
 
 
+def spread(values):
+    """Half the range from the lowest to the highest value, in % of their median."""
+    return 100 * (max(values) - min(values)) / 2 / statistics.median(values)
+
+
 samples_per_second(BATCH_SIZES[0])  # discarded: first-call set-up (cuBLAS...)
-print(textwrap.fill(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}", 88))
-print(
-    f"{'batch':>6} {'steps timed':>11} {'samples/s':>12} {'peak bytes':>13} {'MiB':>8}"
+runs, steps = {batch_size: [] for batch_size in BATCH_SIZES}, {}
+for _ in range(REPEATS):  # in turns, so that a busy moment hits every batch size
+    for batch_size in BATCH_SIZES:
+        per_second, steps[batch_size] = samples_per_second(batch_size)
+        runs[batch_size].append(per_second)
+timings = (
+    f"samples/s: the median of {REPEATS} timings of the same steps, taken in turns "
+    "over the batch sizes; ±: half the range from the slowest to the fastest timing, "
+    "in % of the median."
 )
+print(textwrap.fill(timings, 88))
+print(textwrap.fill(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}", 88))
+header = f"{'batch':>6} {'steps':>5} {'samples/s':>10} {'±':>6}"
+print(f"{header} {'peak bytes':>13} {'MiB':>8}")
 speed = {}
 for batch_size in BATCH_SIZES:
-    per_second, steps = samples_per_second(batch_size)
+    per_second = statistics.median(runs[batch_size])
     peak, event = training_step_peak(first_batches(batch_size))
     speed[batch_size] = (per_second, peak)
     where = f"   peak at '{event}'" if event else ""
+    timing = f"{per_second:>10,.0f} {spread(runs[batch_size]):>5.1f}%"
     sizes = f"{peak:>13,} {peak / 2**20:>8.2f}"
-    print(f"{batch_size:>6} {steps:>11} {per_second:>12,.0f} {sizes}{where}")
+    print(f"{batch_size:>6} {steps[batch_size]:>5} {timing} {sizes}{where}")
 fastest = max(speed, key=lambda b: speed[b][0])
 times = speed[fastest][0] / speed[16][0]
 print(f"Batch {fastest} trains {times:.1f}x as many samples per second as batch 16.")
+before, last = BATCH_SIZES[-2:]
+change = 100 * (speed[last][0] / speed[before][0] - 1)
+if min(runs[last]) > max(runs[before]):
+    verdict = f"every timing at {last} is faster than every timing at {before}"
+elif max(runs[last]) < min(runs[before]):
+    verdict = f"every timing at {last} is slower than every timing at {before}"
+else:
+    verdict = "the timings of the two batch sizes overlap"
+print(f"Last doubling, {before} -> {last}: median samples/s {change:+.0f}%;")
+print(f"{verdict}.")
 
 # %% accuracy
 EPOCHS = 2

@@ -172,8 +172,8 @@ say(
 
 # %% time
 def step_seconds(labels, warmup=2, repeats=7):
-    """Median seconds of a training step (forward, loss, backward) for each grouping in
-    `labels`, timed in turns so that a busy moment of the machine hits all of them."""
+    """Seconds of every timed training step (forward, loss, backward) of each grouping
+    in `labels`, timed in turns so that a busy moment of the machine hits them all."""
 
     def step(group):
         criterion(model(x, group), y).backward()
@@ -188,14 +188,20 @@ def step_seconds(labels, warmup=2, repeats=7):
             step(GROUPS[label])
             if repeat >= warmup:  # the first steps allocate fresh memory: untimed
                 seconds[label].append(time.perf_counter() - start)
-    return {label: statistics.median(s) for label, s in seconds.items()}
+    return seconds
 
 
-timed = step_seconds(["no checkpointing", "runs of 4 blocks"])
+runs = step_seconds(["no checkpointing", "runs of 4 blocks"])
+timed = {label: statistics.median(s) for label, s in runs.items()}
 for label, seconds in timed.items():
     print(f"{label:<19} {seconds * 1000:9.1f} ms a step (median of 7)")
+    fastest, slowest = min(runs[label]) * 1000, max(runs[label]) * 1000
+    print(f"{'':<19} {fastest:9.1f} to {slowest:.1f} ms (fastest to slowest)")
 plain_ms, checkpointed_ms = (round(s * 1000, 1) for s in timed.values())
 print(f"Ratio: {checkpointed_ms / plain_ms:.2f} (runs of 4 blocks / no checkpointing)")
+pairs = [b / a for a, b in zip(*runs.values())]  # each turn: one step of each, in a row
+each_turn = f"{min(pairs):.2f} to {max(pairs):.2f}"
+print(f"Ratio in each of the 7 turns (one step of each, in a row): {each_turn}")
 say(
     "The extra time is the forward pass of the checkpointed blocks, run a second time "
     "during backward. Timings differ from run to run and machine to machine."

@@ -2,12 +2,14 @@
 # A fast path for small datasets: preprocess MNIST once, keep it on the device as two
 # tensors and shuffle with torch.randperm, instead of running ToTensor + Normalize on
 # every image of every epoch through a DataLoader. Same model, optimizer, batch size and
-# epochs; both are timed and evaluated on the test set.
+# epochs; both are evaluated on the test set, and timed 5 times from the same start: the
+# median is the time, the fastest and slowest runs show how much it varies.
 import contextlib
 import io
 import os
 import re
 import socket
+import statistics
 import sys
 import time
 
@@ -91,12 +93,32 @@ class MLP(nn.Module):
 
 
 EPOCHS, BATCH_SIZE = 1, 64
+REPEATS = 5  # runs of each timed piece of work: one run alone can mislead
 criterion = nn.CrossEntropyLoss()
 
 
 def sync():
     if device.type == "cuda":
         torch.cuda.synchronize()  # GPU work is asynchronous: wait, then read a clock
+
+
+def timed(work):
+    """Run work() REPEATS times, timing each run; returns the seconds of every run and
+    what the last run returned."""
+    seconds = []
+    for _ in range(REPEATS):
+        sync()
+        start = time.perf_counter()
+        result = work()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
+def median_and_range(seconds):
+    """'4.70 s (4.61 to 4.93 s)': the median run, then the fastest and the slowest."""
+    low, mid, high = min(seconds), statistics.median(seconds), max(seconds)
+    return f"{mid:.2f} s ({low:.2f} to {high:.2f} s)"
 
 
 def accuracy(model, batches):
@@ -115,34 +137,38 @@ def accuracy(model, batches):
 normalize = transforms.Normalize((0.1307,), (0.3081,))
 transform = transforms.Compose([transforms.ToTensor(), normalize])
 train_dataset = load_mnist(True, transform)
-shuffle = torch.Generator().manual_seed(0)
+shuffle = torch.Generator()
 train_loader = DataLoader(train_dataset, BATCH_SIZE, shuffle=True, generator=shuffle)
 test_loader = DataLoader(load_mnist(False, transform), batch_size=1000)
 
-torch.manual_seed(0)
-model = MLP().to(device)
-optimizer = optim.Adam(model.parameters(), lr=1e-3)
-sync()
-start = time.perf_counter()
-for _ in range(EPOCHS):
-    model.train()
-    # every image, every epoch: PIL -> ToTensor -> Normalize -> collate into a batch
-    for data, target in train_loader:
-        data, target = data.to(device), target.to(device)
-        optimizer.zero_grad()
-        loss = criterion(model(data), target)
-        loss.backward()
-        optimizer.step()
-sync()
-lesson_seconds = time.perf_counter() - start
+
+def train_lesson_way():
+    """A fresh model trained for EPOCHS epochs the lesson's way; every run starts from
+    the same weights and shuffles the same way."""
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    shuffle.manual_seed(0)
+    for _ in range(EPOCHS):
+        model.train()
+        # every image, every epoch: PIL -> ToTensor -> Normalize -> collate a batch
+        for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(data), target)
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+lesson_runs, model = timed(train_lesson_way)
+lesson_seconds = statistics.median(lesson_runs)
 lesson_accuracy = accuracy(model, test_loader)
-took = f"{lesson_seconds:.1f} s for {EPOCHS} epoch(s)"
+took = f"{median_and_range(lesson_runs)} for {EPOCHS} epoch"
 print(f"DataLoader loop: {took}, test accuracy {lesson_accuracy:.2%}")
 
+
 # %% fast-loop
-start = time.perf_counter()
-
-
 def to_device_tensors(dataset):
     """Whole dataset -> (images, labels) on the device; the same values as ToTensor()
     + Normalize()."""
@@ -150,48 +176,70 @@ def to_device_tensors(dataset):
     return images.unsqueeze(1).to(device), dataset.targets.to(device)  # (N, 1, 28, 28)
 
 
-train_images, train_labels = to_device_tensors(load_mnist(True, None))
-test_images, test_labels = to_device_tensors(load_mnist(False, None))
-sync()
-prepare_seconds = time.perf_counter() - start
+def preprocess():
+    """Read MNIST and convert it once: (train images, labels), (test images, labels)."""
+    train = to_device_tensors(load_mnist(True, None))
+    return train, to_device_tensors(load_mnist(False, None))
+
+
+prepare_runs, tensors = timed(preprocess)
+(train_images, train_labels), (test_images, test_labels) = tensors
+prepare_seconds = statistics.median(prepare_runs)
 train, test = tuple(train_images.shape), tuple(test_images.shape)
-print(f"Preprocessed once in {prepare_seconds:.2f} s, on {train_images.device}:")
+took = median_and_range(prepare_runs)
+print(f"Preprocessed once in {took}, on {train_images.device}:")
 print(f"  train {train} ({train_images.nbytes:,} bytes) and test {test}")
 
-torch.manual_seed(0)
-model = MLP().to(device)  # the same initial weights as the DataLoader run
-optimizer = optim.Adam(model.parameters(), lr=1e-3)
-shuffle = torch.Generator().manual_seed(0)
-sync()
-start = time.perf_counter()
-for _ in range(EPOCHS):
-    model.train()
-    order = torch.randperm(len(train_labels), generator=shuffle)  # a new shuffle
-    order = order.to(device)
-    for i in range(0, len(order), BATCH_SIZE):
-        idx = order[i : i + BATCH_SIZE]
-        data, target = train_images[idx], train_labels[idx]  # one indexing op each
-        optimizer.zero_grad()
-        loss = criterion(model(data), target)
-        loss.backward()
-        optimizer.step()
-sync()
-fast_seconds = time.perf_counter() - start
+
+def train_fast_way():
+    """The same fresh model, the same training, with batches indexed from the device
+    tensors."""
+    torch.manual_seed(0)
+    model = MLP().to(device)  # the same initial weights as the DataLoader run
+    optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    shuffle.manual_seed(0)
+    for _ in range(EPOCHS):
+        model.train()
+        order = torch.randperm(len(train_labels), generator=shuffle)  # a new shuffle
+        order = order.to(device)
+        for i in range(0, len(order), BATCH_SIZE):
+            idx = order[i : i + BATCH_SIZE]
+            data, target = train_images[idx], train_labels[idx]  # one indexing op each
+            optimizer.zero_grad()
+            loss = criterion(model(data), target)
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+fast_runs, model = timed(train_fast_way)
+fast_seconds = statistics.median(fast_runs)
 fast_accuracy = accuracy(model, [(test_images, test_labels)])
-took = f"{fast_seconds:.1f} s for {EPOCHS} epoch(s)"
+took = f"{median_and_range(fast_runs)} for {EPOCHS} epoch"
 print(f"Fast path: {took}, test accuracy {fast_accuracy:.2%}")
 
 # %% compare
 samples = EPOCHS * len(train_labels)
-print(f"{'path':<26} {'seconds':>8} {'samples/s':>11} {'test accuracy':>14}")
-for name, seconds, acc in [
-    ("DataLoader + transforms", lesson_seconds, lesson_accuracy),
-    ("tensors on the device", fast_seconds, fast_accuracy),
+print(
+    f"{EPOCHS} epoch, {REPEATS} runs of each path: median and fastest-slowest seconds"
+)
+header = f"{'path':<24} {'seconds':>7} {'fastest-slowest':>15} {'samples/s':>10}"
+print(f"{header} {'test accuracy':>14}")
+for name, runs, acc in [
+    ("DataLoader + transforms", lesson_runs, lesson_accuracy),
+    ("tensors on the device", fast_runs, fast_accuracy),
 ]:
-    print(f"{name:<26} {seconds:>8.2f} {samples / seconds:>11,.0f} {acc:>14.2%}")
+    seconds = statistics.median(runs)
+    spread = f"{min(runs):.2f}-{max(runs):.2f}"
+    row = f"{name:<24} {seconds:>7.2f} {spread:>15} {samples / seconds:>10,.0f}"
+    print(f"{row} {acc:>14.2%}")
 speedup = lesson_seconds / fast_seconds
+lowest = min(lesson_runs) / max(fast_runs)  # the least favourable pair of runs
+highest = max(lesson_runs) / min(fast_runs)  # the most favourable
+ratios = f"from {lowest:.1f}x to {highest:.1f}x taking any run"
+print(f"fast path is {speedup:.1f}x faster (ratio of the medians; {ratios}")
 once = f"{prepare_seconds:.2f} s once to preprocess"
-print(f"fast path is {speedup:.1f}x faster (plus {once})")
+print(f"of one path against any run of the other), plus {once}")
 difference = abs(fast_accuracy - lesson_accuracy)
 TOLERANCE = 0.01  # one percentage point: two shuffles of one training, float32
 points = f"{100 * difference:.2f} percentage points"
@@ -203,14 +251,22 @@ print(f"{verdict} the tolerance of {100 * TOLERANCE:.0f} percentage point")
 plt.rcParams["font.size"] = 10
 fig, ax = plt.subplots(figsize=(7, 2.9), layout="constrained")
 names = ["DataLoader +\ntransforms", "tensors on\nthe device"]
-bars = ax.barh(names, [lesson_seconds, fast_seconds], color=["grey", "seagreen"])
-labels = [
-    f"{lesson_seconds:.1f} s, {lesson_accuracy:.2%} test accuracy",
-    f"{fast_seconds:.1f} s, {fast_accuracy:.2%}",
+all_runs, medians = [lesson_runs, fast_runs], [lesson_seconds, fast_seconds]
+whiskers = [  # from the fastest to the slowest run
+    [m - min(runs) for m, runs in zip(medians, all_runs)],
+    [max(runs) - m for m, runs in zip(medians, all_runs)],
 ]
-ax.bar_label(bars, labels=labels, padding=4)
-ax.set_xlim(0, lesson_seconds * 1.6)
+bars = ax.barh(names, medians, xerr=whiskers, capsize=4, color=["grey", "seagreen"])
+labels = [
+    f"{lesson_seconds:.2f} s, {lesson_accuracy:.2%} test accuracy",
+    f"{fast_seconds:.2f} s, {fast_accuracy:.2%}",
+]
+for bar, runs, label in zip(bars, all_runs, labels):  # each label after its whisker
+    ax.text(max(runs), bar.get_y() + bar.get_height() / 2, f"  {label}", va="center")
+ax.set_xlim(0, max(lesson_runs) * 1.7)
 ax.invert_yaxis()
-ax.set_xlabel(f"training time for {EPOCHS} epoch(s), seconds")
+ax.set_xlabel(
+    f"seconds for {EPOCHS} epoch: median of {REPEATS} runs, fastest to slowest"
+)
 ax.set_title(f"Same training, two input pipelines ({device.type.upper()}, batch 64)")
 plt.show()

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import socket
+import statistics
 import sys
 import time
 
@@ -156,6 +157,7 @@ def evaluate(model, loader):
 
 # %% loop
 history = {"train_loss": [], "test_loss": [], "test_accuracy": [], "running": []}
+epoch_seconds = []  # every epoch is one timing of the same work
 print(
     f"{'epoch':>5} {'train loss':>11} {'test loss':>10} {'test accuracy':>14}", end=""
 )
@@ -165,6 +167,7 @@ for epoch in range(1, num_epochs + 1):
     train_loss, running = train_one_epoch(model, train_loader)
     test_loss, test_accuracy = evaluate(model, test_loader)
     seconds = time.perf_counter() - start  # .item() above already waited for the GPU
+    epoch_seconds.append(seconds)
     for name, value in [
         ("train_loss", train_loss),
         ("test_loss", test_loss),
@@ -175,6 +178,10 @@ for epoch in range(1, num_epochs + 1):
     losses = f"{train_loss:>11.4f} {test_loss:>10.4f}"
     print(f"{epoch:>5} {losses} {test_accuracy:>14.2%} {seconds:>8.1f}")
 print(f"Final test accuracy: {history['test_accuracy'][-1]:.2%}")
+median = statistics.median(epoch_seconds)
+spread = f"({min(epoch_seconds):.1f} to {max(epoch_seconds):.1f})"
+print(f"Seconds per epoch, training and test: median {median:.1f} {spread}", end="")
+print(f" over {len(epoch_seconds)} epochs")
 
 # %% chart
 # Two panels, one above the other, so that a phone shows them at a readable size.

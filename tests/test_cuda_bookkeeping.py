@@ -192,7 +192,7 @@ def test_batch_size_effects_prints_the_peak_of_each_batch_size(tmp_path):
     peaks = dict(standin["probes"]["peaks"])
     assert list(peaks.values()) == sorted(peaks.values())
     assert min(peaks.values()) >= 4 * standin["probes"]["parameter_bytes"] > 0
-    table = re.findall(r"^ *(\d+) +\d+ +[\d,]+ +([\d,]+) +([\d.]+)$", out["throughput"], re.M)
+    table = re.findall(r"^ *(\d+) +\d+ +[\d,]+ +[\d.]+% +([\d,]+) +([\d.]+)$", out["throughput"], re.M)
     assert {int(b): number(p) for b, p, _ in table} == peaks
     assert all(mib == f"{peaks[int(b)] / 2**20:.2f}" for b, _, mib in table)
     assert "CUDA allocator peak above baseline" in prose(out["throughput"])

@@ -80,6 +80,9 @@ def test_environment_stamp_and_hash(project):
         assert env[library] == metadata.version(library)
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["device_name"] == environment.cpu_name() and env["recorded_at"].startswith("20")
+    assert isinstance(env["load_per_cpu"], float) and env["load_per_cpu"] >= 0    # how busy the machine was
+    assert env["load_per_cpu"] == round(env["load_per_cpu"], 2)
+    assert "load_per_cpu" not in environment.KEY_FIELDS                           # shown, never makes it stale
     assert data["seconds"] > 0
 
 
@@ -209,7 +212,7 @@ FIELDS = [(field, value) for field, value in [
     ("device", "cuda"), ("torch", "2.13.0"), ("torchvision", "0.28.0"), ("torchsummary", "1.5.0"),
     ("torchinfo", "1.7.2"), ("numpy", "2.3.0"), ("matplotlib", "3.10.0"),
     ("device_name", "Intel Xeon"), ("cuda", "12.8"), ("python", "3.11.99"), ("platform", "Linux-5.4-other-kernel"),
-    ("recorded_at", "2020-01-01T00:00:00+00:00")]]
+    ("load_per_cpu", 3.75), ("recorded_at", "2020-01-01T00:00:00+00:00")]]
 
 
 @pytest.mark.parametrize("field, value", FIELDS, ids=[f for f, _ in FIELDS])
@@ -312,3 +315,61 @@ def test_a_killed_recorders_scratch_folder_is_ignored_by_git():
         assert ignored.returncode == 0, scratch
     kept = subprocess.run(["git", "check-ignore", "-q", "docs/outputs/cuda/grad_accumulation.json"], cwd=ROOT)
     assert kept.returncode == 1
+
+
+def test_the_load_per_cpu_is_the_load_average_over_the_cpus(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert environment.load_per_cpu() == 0.38                                  # 3.0 / 8, rounded to 2 decimals
+    assert environment.stamp("cpu")["load_per_cpu"] == 0.38
+    assert environment.stamp("cpu", load=0.07)["load_per_cpu"] == 0.07            # measured as the recording began
+
+    def no_load_average():
+        raise OSError("no load average here")
+    monkeypatch.setattr(os, "getloadavg", no_load_average)
+    assert environment.load_per_cpu() is None
+
+
+TIMED = '''# %% setup
+import time
+# time.perf_counter() in a comment is not a timing
+print("no timing here, time.perf_counter() in a string neither")
+
+# %% timed
+def clock():
+    return time.perf_counter()
+
+
+start = clock()
+print("timed")
+'''
+
+
+def test_timing_cells_are_the_cells_that_call_perf_counter(tmp_path):
+    from tools.record import calls_perf_counter, timing_cells
+    (tmp_path / "timed.py").write_text(TIMED)
+    assert timing_cells(tmp_path / "timed.py") == ["timed"]                   # a call inside a function counts
+    assert calls_perf_counter("from time import perf_counter\nt = perf_counter()")
+    assert not calls_perf_counter("import time\nt = time.time()  # time.perf_counter()")
+    assert timing_cells(ROOT / "snippets" / "checkpointing.py") == ["time"]
+
+
+@pytest.mark.parametrize("load, warned", [(0.93, True), (0.5, False), (0.12, False), (None, False)])
+def test_recording_timing_cells_on_a_busy_machine_warns_first(project, monkeypatch, capsys, load, warned):
+    """Above 0.5 load per CPU, a snippet with timing cells is recorded after a warning on stderr that names it, the
+    load and what it does to its timings; the stamp records the load measured as its recording began. A snippet
+    without timing cells is recorded without a warning, whatever the load."""
+    from tools import record as recorder
+    (project / "snippets" / "timed.py").write_text(TIMED)
+    monkeypatch.setattr(environment, "load_per_cpu", lambda: load)
+    args = ["--device", "cpu", "--snippets", str(project / "snippets"), "--out", str(project / "outputs")]
+    assert recorder.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "timed: recorded on cpu" in out and "demo: recorded on cpu" in out
+    assert ("warning: timed has timing cells (timed)" in err) == warned, err
+    assert "demo" not in err                                                  # no timing cells: no warning
+    if warned:
+        assert "load per CPU 0.93" in err and "slower and noisier than on a quiet machine" in err
+        assert "timings recorded on a busy machine (load per CPU above 0.5): timed (0.93)" in err   # again, at the end
+    assert recording(project, "timed")["environment"]["load_per_cpu"] == load
+    assert recording(project)["environment"]["load_per_cpu"] == load

@@ -6,13 +6,14 @@ versions of the libraries that can change what a snippet prints) equals ``expect
 versions pinned for that class (``PINS_FILES``: ``requirements-lesson.txt`` for the CPU set, which CI records;
 ``requirements-gpu.txt`` for the CUDA set, which is recorded on a GPU machine whose torch cannot be changed).
 Versions are compared as public versions: ``2.11.0+cu130`` is ``2.11.0`` (the stamp keeps the full string, and the
-site shows it). Everything else in the stamp (the machine's name, the kernel build, the Python patch release, the
-date) is shown on the site but never makes a recording stale. ``tools.record``,
+site shows it). Everything else in the stamp (the machine's name, the kernel build, the Python patch release, how
+busy the machine was, the date) is shown only: it never makes a recording stale. ``tools.record``,
 ``tools.record --check`` and the mkdocs hook all decide through ``tools.recordings.problems``, which uses this.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -83,8 +84,18 @@ def installed(library: str) -> str | None:
         return None
 
 
-def stamp(device: str, cuda_version: str | None = None) -> dict:
-    """The environment a recording is made in: ``KEY_FIELDS`` plus fields shown on the site only."""
+def load_per_cpu() -> float | None:
+    """How busy this machine is: the 1-minute load average divided by the number of CPUs, rounded to 2 decimals
+    (0.0 idle; 1.0 every CPU busy on average); None where the system has no load average."""
+    try:
+        return round(os.getloadavg()[0] / (os.cpu_count() or 1), 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def stamp(device: str, cuda_version: str | None = None, load: float | None = None) -> dict:
+    """The environment a recording is made in: ``KEY_FIELDS`` plus fields shown on the site only. ``load`` is the
+    load per CPU when the recording started (default: measured now); timings made above 0.5 are slower and noisier."""
     return {
         "device": device,
         "device_name": (cuda_device_name() or "unknown GPU") if device == "cuda" else cpu_name(),
@@ -92,6 +103,7 @@ def stamp(device: str, cuda_version: str | None = None) -> dict:
         "cuda": cuda_version if device == "cuda" else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_per_cpu": load_per_cpu() if load is None else load,
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

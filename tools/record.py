@@ -6,10 +6,15 @@ snippet's sha256 and the environment; recording on a GPU adds or refreshes the C
 set. A recording that is current (``tools.recordings.problems``: the same definition that ``--check`` and the site
 build use) is skipped unless ``--force``. ``--check`` runs nothing: it lists every recording that needs re-running
 and exits 1 if there is one. ``--dry-run`` lists what this command would record, and runs nothing.
+
+The stamp records how busy the machine was when a snippet's recording started (``load_per_cpu``). A snippet with
+timing cells (a cell that calls ``time.perf_counter``) recorded on a busy machine, above ``BUSY`` load per CPU, gets a
+warning first: its timings will be slower and noisier than on a quiet machine.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -22,13 +27,50 @@ from pathlib import Path
 from tools import environment, notebooks, recordings, snippets
 
 
+BUSY = 0.5  # load per CPU above which a snippet's timings are not a quiet machine's
+
+
 class CellFailed(Exception):
     pass
 
 
-def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
+def calls_perf_counter(source: str) -> bool:
+    """Whether code calls ``time.perf_counter()`` (or a ``perf_counter`` imported from time); a mention in a comment
+    or a string does not count."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return "perf_counter(" in source
+    calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    return any((isinstance(f, ast.Attribute) and f.attr == "perf_counter"
+                and isinstance(f.value, ast.Name) and f.value.id == "time")
+               or (isinstance(f, ast.Name) and f.id == "perf_counter") for f in calls)
+
+
+def timing_cells(path: Path) -> list[str]:
+    """The names of the snippet's cells that read the clock with time.perf_counter: its timing cells."""
+    return [cell.name for cell in snippets.cells(path) if calls_perf_counter(cell.source)]
+
+
+def load_warning(path: Path, load: float | None) -> str | None:
+    """What to say before recording ``path`` at ``load`` per CPU: a warning when it has timing cells and the machine
+    is busier than ``BUSY``, else None."""
+    if load is None or load <= BUSY:
+        return None
+    timed = timing_cells(path)
+    if not timed:
+        return None
+    return (f"warning: {path.stem} has timing cells ({', '.join(timed)}) and this machine is busy: load per CPU "
+            f"{load:.2f} (1-minute load average over {os.cpu_count()} CPUs, snippets recorded just before included), "
+            f"above {BUSY}. Its timings will be slower and noisier than on a quiet machine; the stamp records the "
+            f"load. Record it again when the machine is quiet to publish timings a reader can trust.")
+
+
+def record_one(path: Path, device: str, outputs_dir: Path, load: float | None = None) -> dict:
     """Run one snippet in a fresh process and write its ``device`` recording; raises CellFailed, leaving the old
-    one intact."""
+    one intact. ``load``: the load per CPU as the recording starts, for the stamp (default: measured now)."""
+    if load is None:
+        load = environment.load_per_cpu()
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -57,7 +99,7 @@ def record_one(path: Path, device: str, outputs_dir: Path) -> dict:
         recording = {
             "snippet": f"snippets/{path.name}",
             "sha256": snippets.sha256(path),
-            "environment": environment.stamp(device, result["cuda"]),
+            "environment": environment.stamp(device, result["cuda"], load),
             "seconds": round(seconds, 2),
             "cells": result["cells"],
         }
@@ -135,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     other_versions = todo and version_warning(device)
     if other_versions:
         print(other_versions, file=sys.stderr)
-    failures, started = [], time.perf_counter()
+    failures, busy_timings, started = [], [], time.perf_counter()
     for path in paths:
         if path not in todo:
             if path.stem in notebook_only:
@@ -144,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{path.stem}: current on {device}, skipped")
             continue
+        load = environment.load_per_cpu()
+        busy = load_warning(path, load)
+        if busy:
+            print(busy, file=sys.stderr)
+            busy_timings.append(f"{path.stem} ({load:.2f})")
         try:
-            recording = record_one(path, device, args.out)
+            recording = record_one(path, device, args.out, load)
         except CellFailed as error:
             failures.append(path.stem)
             print(f"{path.stem}: FAILED — {error}", file=sys.stderr)
@@ -157,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; failed: {', '.join(failures)}" if failures else ""))
     if other_versions:
         print(other_versions, file=sys.stderr)
+    if busy_timings:
+        print(f"warning: timings recorded on a busy machine (load per CPU above {BUSY}): "
+              f"{', '.join(busy_timings)}", file=sys.stderr)
     return 1 if failures else 0
 
 
