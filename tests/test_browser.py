@@ -6,10 +6,7 @@ The other tests look at chapters, the copy button, search, the colour schemes an
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
 from collections import deque
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
@@ -19,6 +16,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from tools import snippets  # noqa: E402
+from site_build import serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -33,17 +31,11 @@ def _course() -> list[str]:
 CHAPTERS = _course()
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(site):
-    handler = functools.partial(QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    """The built site, served under its published path (site_build.serve)."""
+    url, httpd = serve(site)
+    yield url
     httpd.shutdown()
 
 

@@ -6,10 +6,7 @@ functions are also run on every vector directly. Bad input, keyboard-only use, a
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from tools import memory_calc as mc  # noqa: E402
+from site_build import serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -27,17 +25,11 @@ FIELD = {"layers": "#calc-layers", "batch": "#calc-batch"}
 VALID = {"layers": "784, 128, 10", "batch": "64"}
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(site):
-    handler = functools.partial(QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    """The built site, served under its published path (site_build.serve)."""
+    url, httpd = serve(site)
+    yield url
     httpd.shutdown()
 
 
