@@ -20,7 +20,9 @@ def run_recorder(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subpr
 
 @pytest.fixture(scope="session")
 def lesson_outputs(tmp_path_factory) -> Path:
-    """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings."""
+    """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings.
+    With LESSON_RECORDED=FOLDER (a folder holding cpu/NAME.json, such as docs/outputs) those are used instead:
+    quicker while editing one snippet, never what CI does."""
     data = Path(os.environ["LESSON_DATA"])
     if not (data / "MNIST" / "raw").is_dir():
         pytest.fail(
@@ -30,6 +32,8 @@ def lesson_outputs(tmp_path_factory) -> Path:
             "internet): LESSON_DATA=./data .venv/bin/python snippets/mnist_samples.py, then run the tests with "
             "LESSON_DATA=./data (bash .ci/run uses ./data when ../shared/data is absent).",
             pytrace=False)
+    if os.environ.get("LESSON_RECORDED"):  # a folder of recordings made already (e.g. docs/outputs), reused
+        return Path(os.environ["LESSON_RECORDED"]).resolve()
     out = tmp_path_factory.mktemp("outputs")
     process = run_recorder("--device", "cpu", "--force", "--out", str(out))
     assert process.returncode == 0, process.stdout + process.stderr
