@@ -8,8 +8,10 @@ naming the snippet and the command that fixes it.
 
 Markers:
 
-- ``<!-- cell: SNIPPET/CELL [no-code] [no-output] [gpu] -->``: the cell. ``gpu`` marks a cell whose output differs
-  on a GPU: without a CUDA recording it still gets a GPU tab, saying that it has not been recorded on a GPU yet.
+- ``<!-- cell: SNIPPET/CELL [no-code] [no-output] [gpu] [collapsed] [answer] -->``: the cell. ``gpu`` marks a cell
+  whose output differs on a GPU: without a CUDA recording it still gets a GPU tab, saying that it has not been
+  recorded on a GPU yet. ``collapsed`` folds the code (titled with the cell's first comment line, which says what it
+  holds); ``answer`` folds code and outputs together, an exercise's answer to open after predicting it.
 - ``<!-- gpu-only: SNIPPET -->`` … ``<!-- /gpu-only -->``: prose about GPU results, kept only when SNIPPET has a
   CUDA recording. ``<!-- cpu-only: SNIPPET -->`` … ``<!-- /cpu-only -->``: kept only when it has none.
 - ``<!-- computation-times -->`` (every cell's seconds and peak memory, per device) and ``<!-- recorded-hardware -->``
@@ -42,13 +44,14 @@ DEVICE_BLOCK = re.compile(r"^<!--[ \t]*(?P<kind>gpu|cpu)-only:[ \t]*(?P<snippet>
                           r"(?P<body>.*?)^<!--[ \t]*/(?P=kind)-only[ \t]*-->[ \t]*$", re.MULTILINE | re.DOTALL)
 TABLE_MARKERS = {"computation-times", "recorded-hardware"}
 TABLE_MARKER = re.compile(r"^<!--[ \t]*(?P<table>[a-z-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
-FLAGS = {"no-code", "no-output", "gpu", "collapsed"}
+FLAGS = {"no-code", "no-output", "gpu", "collapsed", "answer"}
 KIND = environment.KIND
 WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chinese edition under zh/)
     "en": {
         "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded yet",
         "not_recorded": "Not recorded on a GPU yet: on a machine with CUDA, run `{command}`.",
         "silent": "This cell printed nothing here.", "folded": "{where} (the code, folded: open it to read it)",
+        "answer": "Answer: what {where} printed (open it after you have predicted)",
         "stale": "Stale or missing recording", "missing_snippet": "Missing snippet", "missing_cell": "Missing cell",
         "recorded_on": "recorded on", "and_on": " and on ", "notebook": "notebook",
         "run_yourself": "Run this page's code yourself:",
@@ -69,6 +72,7 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "output": "输出", "stderr": "标准错误与警告 (stderr, warnings)", "not_recorded_tab": "GPU · 尚未录制",
         "not_recorded": "尚未在 GPU 上录制：在有 CUDA 的机器上运行 `{command}`。",
         "silent": "这个单元在此没有输出。", "folded": "{where}（代码已折叠，展开即可阅读）",
+        "answer": "答案：{where} 的输出（先做出预测，再展开）",
         "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
         "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
         "run_yourself": "自己运行本页的代码：",
@@ -198,7 +202,9 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
         reason = "\n\n    ".join(stale) or "no recording"
         return f'!!! failure "{t(page, "stale")}"\n    {reason}\n\n{code}'
     if "collapsed" in flags:
-        code = f'??? example "{t(page, "folded", where=f"{path.name} · {cell.name}")}"\n\n{_indent(code)}'
+        label = fold_label(cell.source)
+        where_label = f"{path.name} · {cell.name}" + (f": {label}" if label else "")
+        code = f'??? example "{t(page, "folded", where=where_label)}"\n\n{_indent(code)}'
     parts = [] if "no-code" in flags else [code]
     blocks = [(tab_label(recording), outputs(next(r for r in recording["cells"] if r["name"] == cell_name), page))
               for recording in found.values()] if "no-output" not in flags else []
@@ -214,9 +220,19 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
             parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n'
                                      f'{_indent(body or t(page, "silent"))}'
                                      for index, (label, body) in enumerate(blocks)))
+    if "answer" in flags:  # an exercise's answer: code and outputs folded together
+        parts = [f'??? success "{t(page, "answer", where=f"{path.name} · {cell.name}")}"\n\n'
+                 + _indent("\n\n".join(parts))]
     if with_stamp:
         parts.append(stamp(found, page))
     return "\n\n".join(parts)
+
+
+def fold_label(source: str) -> str:
+    """What a folded cell holds, in its own words: the text of its first line when that line is a comment, else ''
+    (``# Helpers the cells below need: …`` gives ``Helpers the cells below need: …``)."""
+    first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
+    return first[1:].strip().replace('"', "'") if first.startswith("#") else ""
 
 
 def expand_cells(markdown: str, page) -> str:
