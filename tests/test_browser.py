@@ -232,6 +232,7 @@ def test_notebook_pages_render_with_figures(context, server):
 
 WIDTHS = (1280, 390)
 LAYOUT_JS = """async () => {
+    const before = document.documentElement.scrollHeight;                       // before the figures have loaded
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
     const height = document.documentElement.scrollHeight;                       // as a reader first sees it
     document.querySelectorAll('details').forEach(d => { d.open = true; });      // folded cells are measured too
@@ -239,15 +240,17 @@ LAYOUT_JS = """async () => {
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
     const boxes = [...document.querySelectorAll('.md-typeset pre > code, .jp-Notebook pre')].map(el => {
         const cs = getComputedStyle(el);
-        return {python: !!el.closest('div.language-python'), text: el.innerText.slice(0, 50),
+        return {python: !!el.closest('div.language-python'), notebook_code: !!el.closest('.jp-InputArea'),
+                text: el.innerText.slice(0, 50),
                 wrap: cs.whiteSpace, overflowX: cs.overflowX, visible: el.getClientRects().length > 0,
                 scrolls: el.scrollWidth > el.clientWidth + 1,
                 bar: el.offsetHeight - el.clientHeight - parseFloat(cs.borderTopWidth) - parseFloat(cs.borderBottomWidth)};
     });
     const figures = [...document.images].filter(i => /outputs\\/|^data:image\\/png/.test(i.getAttribute('src') || ''))
         .map(i => ({src: (i.getAttribute('src') || '').slice(0, 80), natural: i.naturalWidth,
-                    shown: i.getBoundingClientRect().width}));
-    return {boxes, figures, height};
+                    shown: i.getBoundingClientRect().width,
+                    sized: i.getAttribute('width') == i.naturalWidth && i.getAttribute('height') == i.naturalHeight}));
+    return {boxes, figures, height, before};
 }"""
 
 
@@ -293,6 +296,60 @@ def test_chapter_code_fits_its_box_at_1280_px(layout):
             if width == 1280 and url.startswith("chapters/") for box in data["boxes"]
             if box["python"] and box["visible"] and box["scrolls"]]
     assert not wide, "code wider than its box at 1280 px:\n" + "\n".join(wide)
+
+
+def test_notebook_code_fits_its_box_at_1280_px_as_chapter_code_does(layout):
+    """A snippet's lines are at most 88 columns; at 1280 px its notebook page shows them whole, as a chapter does."""
+    notebooks = [url for (width, url) in layout if width == 1280 and "notebooks/" in url]
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in layout.items()
+            if width == 1280 and "notebooks/" in url for box in data["boxes"]
+            if box["notebook_code"] and box["visible"] and box["scrolls"]]
+    assert len(notebooks) >= 2 * len(snippets.find()) and not wide, "notebook code cut at 1280 px:\n" + "\n".join(wide)
+
+
+def test_every_page_is_at_most_twelve_screens_at_1280_px_with_folds_closed(layout):
+    long = [f"{url or 'home'}: {data['height']} px = {data['height'] / 900:.1f} screens"
+            for (width, url), data in layout.items() if width == 1280 and data["height"] > 12 * 900]
+    assert not long, "pages over 12 screens of 900 px:\n" + "\n".join(sorted(long))
+
+
+def test_pages_keep_their_height_while_figures_load(layout):
+    """Every figure carries its width and height, so a page does not grow under the reader as images arrive."""
+    unsized = [f"{width} px {url}: {f['src']}" for (width, url), data in layout.items() for f in data["figures"]
+               if not f["sized"]]
+    jumps = [f"{width} px {url or 'home'}: {data['before']} -> {data['height']} px"
+             for (width, url), data in layout.items() if data["height"] != data["before"]]
+    assert not unsized and not jumps, "\n".join(unsized[:20] + jumps)
+
+
+TOKENS_JS = """() => {
+    const rgb = c => c.match(/[\\d.]+/g).map(Number);
+    const lum = ([r, g, b]) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                                 return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+    const back = el => { for (let e = el; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor);
+                         if (c.length < 4 || c[3] > 0.9) return c.slice(0, 3); } return [255, 255, 255]; };
+    const low = {};
+    for (const span of document.querySelectorAll('.jp-Notebook .highlight-ipynb span, div.language-python code span')) {
+        if (!span.textContent.trim()) continue;
+        const [a, b] = [lum(rgb(getComputedStyle(span).color)), lum(back(span))].sort((x, y) => y - x);
+        const ratio = (a + 0.05) / (b + 0.05);
+        if (ratio < 4.5) low[`.${span.className} ${getComputedStyle(span).color}`] = ratio.toFixed(2);
+    }
+    return low; }"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_syntax_token_in_code_reaches_4_5_to_1(browser, server, scheme):
+    """Every highlighted token, operators included (axe passes over one-character text such as '='), against its
+    code background, on a notebook page and a chapter."""
+    context = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    page = context.new_page()
+    low = {}
+    for url in ("notebooks/mnist_mlp/", "chapters/models/"):
+        page.goto(url, wait_until="load")
+        low.update({f"{url} {token}": ratio for token, ratio in page.evaluate(TOKENS_JS).items()})
+    context.close()
+    assert not low, low
 
 
 def test_figures_are_drawn_at_high_pixel_density(layout):

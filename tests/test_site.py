@@ -263,7 +263,9 @@ def test_a_gpu_cell_without_a_gpu_recording_says_so_in_its_gpu_tab(site):
     assert gpu_tabs
     for tabbed in gpu_tabs:
         block = tabbed.select(".tabbed-block")[0].get_text()
-        assert "Not recorded on a GPU yet" in block and "python -m tools.record --device cuda" in block
+        assert "has not run on a GPU yet" in block and "differs from the CPU tab" in block
+        link = tabbed.select(".tabbed-block")[0].select_one("a")["href"]       # the command lives in Run it yourself
+        assert link.endswith("reference/run-it-yourself/#recording-on-a-gpu"), link
         assert tabbed.select("input")[1].has_attr("checked")           # the CPU tab is the one shown
 
 

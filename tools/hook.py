@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools import environment, notebook_pages, recordings, snippets  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 CELL_MARKER = re.compile(r"^(?P<indent>[ \t]*)<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
                          r"(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$", re.MULTILINE)
 HEADING = re.compile(r"^(#{1,3})[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
@@ -49,12 +50,16 @@ KIND = environment.KIND
 WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chinese edition under zh/)
     "en": {
         "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded yet",
-        "not_recorded": "Not recorded on a GPU yet: on a machine with CUDA, run `{command}`.",
+        "not_recorded": "This tab is empty because the cell has not run on a GPU yet. On a GPU it prints what the GPU "
+                        "itself measures (the CUDA allocator's bytes, or GPU times), which differs from the CPU tab "
+                        "beside it. [Run it yourself]({guide}) shows how to record it on yours.",
         "silent": "This cell printed nothing here.", "folded": "{where} (the code, folded: open it to read it)",
         "answer": "Answer: what {where} printed (open it after you have predicted)",
         "stale": "Stale or missing recording", "missing_snippet": "Missing snippet", "missing_cell": "Missing cell",
         "recorded_on": "recorded on", "and_on": " and on ", "notebook": "notebook",
         "run_yourself": "Run this page's code yourself:",
+        "copy_note": "A visible cell's copy button gives code that runs when you paste it after the file's setup and "
+                     "the folded cells above it, in the page's order; each file also runs whole.",
         "taught_in": "Taught in", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
         "times_header": "| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |",
@@ -70,12 +75,16 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
     },
     "zh": {
         "output": "输出", "stderr": "标准错误与警告 (stderr, warnings)", "not_recorded_tab": "GPU · 尚未录制",
-        "not_recorded": "尚未在 GPU 上录制：在有 CUDA 的机器上运行 `{command}`。",
+        "not_recorded": "这个标签页是空的，因为这个单元还没有在 GPU 上运行过。在 GPU 上，它打印的是 GPU 自己测得的结果"
+                        "（CUDA 分配器统计的字节数，或 GPU 上的耗时），与旁边 CPU 标签页的内容不同。"
+                        "[自己动手运行]({guide})介绍了怎样在你的 GPU 上录制它。",
         "silent": "这个单元在此没有输出。", "folded": "{where}（代码已折叠，展开即可阅读）",
         "answer": "答案：{where} 的输出（先做出预测，再展开）",
         "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
         "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
         "run_yourself": "自己运行本页的代码：",
+        "copy_note": "可见单元的复制按钮给出的代码，按页面顺序粘贴在该文件的初始化单元和上方折叠的单元之后即可运行；"
+                     "每个文件也可以整个直接运行。",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
         "downloads_label": "本笔记本的下载",
         "times_header": "| 代码文件 | 设备 | 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
@@ -179,7 +188,9 @@ def outputs(result: dict, page) -> str:
     if errors:
         parts.append(fence(errors, "text", t(page, "stderr"), "cell-stderr"))
     for figure, description in zip(result["figures"], result["figure_descriptions"]):
-        parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy }}")
+        size = notebook_pages.png_size((DOCS / figure).read_bytes()[:32]) if (DOCS / figure).is_file() else None
+        box = f" width={size[0]} height={size[1]}" if size else ""   # the page keeps its layout while it loads
+        parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy{box} }}")
     return "\n\n".join(parts)
 
 
@@ -212,7 +223,7 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
         selected = 0
         if len(blocks) == 1 and "gpu" in flags:
             blocks.insert(0, (t(page, "not_recorded_tab"),
-                              t(page, "not_recorded", command=f"python -m tools.record --device cuda {snippet_name}")))
+                              t(page, "not_recorded", guide=_relative(page, "reference/run-it-yourself.md") + "#recording-on-a-gpu")))
             selected = 1
         if len(blocks) == 1:
             parts.append(blocks[0][1])
@@ -266,7 +277,7 @@ def snippet_links(markdown: str, page, config) -> str:
              f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb))"
              for name in names]
     links = (f"\n\n<div class=\"snippet-links\" markdown>\n**{t(page, 'run_yourself')}** "
-             + ", ".join(items) + "\n</div>\n")
+             + ", ".join(items) + f"\n\n{t(page, 'copy_note')}\n</div>\n")
     return markdown[:heading.end()] + links + markdown[heading.end():]
 
 

@@ -9,8 +9,10 @@ origin; mkdocs-jupyter 0.26 has no option to leave it out (its template always c
 """
 from __future__ import annotations
 
+import base64
 import functools
 import re
+import struct
 
 import tinycss2
 
@@ -19,6 +21,7 @@ NOT = re.compile(r":not\([^)]*\)")
 CLASS = re.compile(r"\.([\w-]+)")
 SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>\s*", re.S | re.I)
 COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
+DATA_PNG = re.compile(r'<img (?P<before>[^>]*?)src="data:image/png;base64,(?P<data>[A-Za-z0-9+/=\s]{44})')
 
 
 def _selectors(prelude: str) -> list[frozenset[str]]:
@@ -82,8 +85,24 @@ def _style(m: re.Match, classes: set[str]) -> str:
     return m[1] + css + m[3]
 
 
+def png_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) in pixels from a PNG's first 24 bytes (its IHDR chunk); None when they are not a PNG's."""
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def sized_images(html: str) -> str:
+    """Every inline PNG figure with its width and height in pixels, so the page does not jump while it loads."""
+    def add(m: re.Match) -> str:
+        size = None if " width=" in m["before"] else png_size(base64.b64decode(m["data"][:32]))
+        box = f'width="{size[0]}" height="{size[1]}" ' if size else ""
+        return f'<img {m["before"]}{box}src="data:image/png;base64,{m["data"]}'
+    return DATA_PNG.sub(add, html)
+
+
 def slim(html: str) -> str:
-    html = drop_mermaid(html)
+    html = sized_images(drop_mermaid(html))
     classes = {name for attribute in re.findall(r'class="([^"]*)"', html) for name in attribute.split()}
     html = STYLE.sub(lambda m: _style(m, classes), html)
     return html.replace("<pre>", '<pre tabindex="0">')
