@@ -62,8 +62,10 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
                      "the folded cells above it, in the page's order; each file also runs whole.",
         "taught_in": "Taught in", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
-        "times_header": "| Snippet | Device | Cell | Seconds | Peak memory (MiB) | Measured as |",
-        "whole_file": "whole file", "times_total": "All snippets together, each in its own fresh process: {summary}.",
+        "times_summary_header": "| Snippet | Device | Seconds | Slowest cell | Highest peak (MiB) |",
+        "times_header": "| Cell | Seconds | Peak memory (MiB) | Measured as |",
+        "times_cells": "{name} on {device}: every cell",
+        "times_total": "All snippets together, each in its own fresh process: {summary}.",
         "times_on": "on {kind}, **{seconds:.1f} s**",
         "process resident memory (RSS)": "process resident memory (RSS)",
         "cuda max_memory_allocated": "cuda max_memory_allocated",
@@ -87,8 +89,10 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
                      "每个文件也可以整个直接运行。",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
         "downloads_label": "本笔记本的下载",
-        "times_header": "| 代码文件 | 设备 | 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
-        "whole_file": "整个文件", "times_total": "全部代码文件合计（每个都在新的进程中运行）：{summary}。",
+        "times_summary_header": "| 代码文件 | 设备 | 秒 | 最慢的单元 | 最高峰值 (MiB) |",
+        "times_header": "| 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
+        "times_cells": "{name}（{device}）：每个单元",
+        "times_total": "全部代码文件合计（每个都在新的进程中运行）：{summary}。",
         "times_on": "{kind} 上 **{seconds:.1f} 秒**",
         "process resident memory (RSS)": "进程常驻内存 (RSS)",
         "cuda max_memory_allocated": "CUDA 的 max_memory_allocated",
@@ -303,17 +307,25 @@ def _all_recordings():
 
 
 def computation_times(page) -> str:
-    rows = [t(page, "times_header"), "|---|---|---|--:|--:|---|"]
-    totals: dict[str, float] = {}
+    """One row per snippet and device (seconds for the whole file, its slowest cell, its highest peak), then every
+    cell's figures in a folded table per snippet."""
+    rows = [t(page, "times_summary_header"), "|---|---|--:|---|--:|"]
+    folds, totals = [], {}
     for name, device, recording in _all_recordings():
         totals[device] = totals.get(device, 0) + recording["seconds"]
+        cells = recording["cells"]
+        slowest = max(cells, key=lambda c: c["seconds"])
+        peak = max(cells, key=lambda c: c["peak_memory_bytes"])
         rows.append(f"| [{name}]({_relative(page, f'notebooks/{name}.ipynb')}) | {tab_label(recording)} "
-                    f"| **{t(page, 'whole_file')}** | **{recording['seconds']:.2f}** | | |")
-        for cell in recording["cells"]:
-            rows.append(f"| | | {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
-                        f"| {WORDS[lang(page)].get(cell['peak_memory_kind'], cell['peak_memory_kind'])} |")
+                    f"| **{recording['seconds']:.2f}** | {slowest['name']} ({slowest['seconds']:.2f} s) "
+                    f"| {peak['peak_memory_bytes'] / 2**20:,.1f} |")
+        table = [t(page, "times_header"), "|---|--:|--:|---|"]
+        table += [f"| {cell['name']} | {cell['seconds']:.3f} | {cell['peak_memory_bytes'] / 2**20:,.1f} "
+                  f"| {WORDS[lang(page)].get(cell['peak_memory_kind'], cell['peak_memory_kind'])} |" for cell in cells]
+        folds.append(f'??? note "{t(page, "times_cells", name=name, device=tab_label(recording))}"\n\n'
+                     + _indent("\n".join(table)))
     summary = "; ".join(t(page, "times_on", kind=KIND[device], seconds=seconds) for device, seconds in totals.items())
-    return "\n".join(rows) + "\n\n" + t(page, "times_total", summary=summary)
+    return "\n".join(rows) + "\n\n" + t(page, "times_total", summary=summary) + "\n\n" + "\n\n".join(folds)
 
 
 def recorded_hardware(page) -> str:
