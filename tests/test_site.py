@@ -325,3 +325,14 @@ def test_the_repository_address_lives_in_mkdocs_yml_alone(site):
     assert f'href="{repo}/tree/main/snippets"' in howto
     sitemap = (site / "sitemap.xml").read_text()
     assert "None" not in sitemap and f"<loc>{config['site_url']}</loc>" in sitemap
+
+
+def test_the_home_page_states_the_reading_time_counted_from_the_course(site):
+    import yaml
+    config = {"nav": yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"], "docs_dir": str(ROOT / "docs")}
+    for language, index, unit in (("en", site / "index.html", "minutes"), ("zh", site / "zh" / "index.html", "分钟")):
+        found = hook.reading_time(config, language)
+        text = BeautifulSoup(index.read_text(), "html.parser").get_text()
+        assert f"{found['minutes']} {unit}" in text and f"{found['code']:,}" in text, language
+        assert found["code"] > 300 and found["minutes"] % 5 == 0
+        assert (found["words"] if language == "en" else found["characters"]) > 10_000

@@ -382,10 +382,51 @@ def on_post_build(config):
 
 
 REPO_URL = "{{ repo_url }}"   # in a page: the repository's address, from mkdocs.yml's repo_url (its one home)
+READING_TIME = "{{ reading_time }}"   # in a page: how long the course takes to read, counted from its pages
+WORDS_PER_MINUTE, CJK_PER_MINUTE, CODE_LINES_PER_MINUTE = 200, 300, 20
+
+
+def reading_time(config, language: str) -> dict[str, int]:
+    """How long the course's pages (the nav's Course section) take to read in one edition: ``words`` of prose (for
+    Chinese, ``characters`` of it too), ``code`` lines a reader sees open (visible cells' non-blank lines; folded
+    cells, answers and outputs not counted) and ``minutes`` at 200 words, 300 Chinese characters and 20 lines of
+    code a minute, rounded up to 5."""
+    import math
+    course = next(item["Course"] for item in config["nav"] if isinstance(item, dict) and "Course" in item)
+    words = characters = code = 0
+    for entry in course:
+        path = Path(config["docs_dir"]) / next(iter(entry.values()))
+        if language != "en":
+            path = path.with_suffix(f".{language}.md")
+        text = path.read_text(encoding="utf-8")
+        for match in CELL_MARKER.finditer(text):
+            flags = set(match["flags"].split())
+            cell = next((c for c in snippets.cells(snippets.SNIPPETS_DIR / f"{match['snippet']}.py")
+                         if c.name == match["cell"]), None)
+            if cell and not flags & {"collapsed", "no-code", "answer"}:
+                code += sum(1 for line in cell.source.splitlines() if line.strip())
+        prose = re.sub(r"<!--.*?-->|```.*?```|\]\([^)]*\)|\{[#.][^}]*\}", " ", text, flags=re.S)
+        characters += len(re.findall(r"[\u4e00-\u9fff]", prose))
+        words += len(re.findall(r"[A-Za-z0-9][\w'’-]*", prose))
+    minutes = words / WORDS_PER_MINUTE + characters / CJK_PER_MINUTE + code / CODE_LINES_PER_MINUTE
+    return {"words": words, "characters": characters, "code": code, "minutes": 5 * math.ceil(minutes / 5)}
+
+
+def reading_sentence(config, page) -> str:
+    found = reading_time(config, lang(page))
+    if lang(page) == "zh":
+        return (f"读完六章大约需要 **{found['minutes']} 分钟**（{found['characters']:,} 个汉字按每分钟 {CJK_PER_MINUTE} 字、"
+                f"{found['words']:,} 个英文词和数字按每分钟 {WORDS_PER_MINUTE} 个、{found['code']:,} 行展开的代码按每分钟 "
+                f"{CODE_LINES_PER_MINUTE} 行计算）；自己运行代码、做练习还需要更多时间。")
+    return (f"Reading the six chapters takes about **{found['minutes']} minutes** ({found['words']:,} words of prose "
+            f"at {WORDS_PER_MINUTE} a minute and {found['code']:,} lines of open code at {CODE_LINES_PER_MINUTE} a "
+            "minute); running the code and doing the exercises takes longer.")
 
 
 def on_page_markdown(markdown, page, config, files):
     markdown = markdown.replace(REPO_URL, config["repo_url"].rstrip("/"))
+    if READING_TIME in markdown:
+        markdown = markdown.replace(READING_TIME, reading_sentence(config, page))
     markdown = device_blocks(markdown, page)
     markdown = snippet_links(markdown, page, config)
     markdown = expand_cells(markdown, page)
