@@ -34,6 +34,7 @@
 # meter.zero() counts from here on; meter.see(*tensors) counts tensors no hook sees.
 # meter.saved: {storage address: bytes} of what autograd saved beyond the parameters
 # and the batch (the watched tensors and the watched modules' inputs);
+# meter.saved_as: {storage address: (shape, dtype)} of those same tensors;
 # meter.saved_count: how many tensors it saved in all.
 class MemoryMeter:
     """Memory in use while a `with` block runs, read by hooks around the code: on
@@ -47,7 +48,7 @@ class MemoryMeter:
         self.labels = labels or {
             m: kind[type(m).__name__.endswith("Loss")] for m in modules
         }
-        self.readings, self.saved, self.saved_count = [], {}, 0
+        self.readings, self.saved, self.saved_as, self.saved_count = [], {}, {}, 0
         self.storages, self.known, self.made = {}, {}, {}  # address -> weak ref
         self.offset, self.highest, self.highest_at = 0, 0, None
         self.handles, self.accumulated = [], 0
@@ -136,6 +137,7 @@ class MemoryMeter:
         self.see(t)
         if not self._has(self.known, t):  # not a parameter, not the batch
             self.saved[self._ptr(t)] = self._bytes(t)
+            self.saved_as[self._ptr(t)] = (tuple(t.shape), t.dtype)
         return t.detach()
 
     def see(self, *tensors):
