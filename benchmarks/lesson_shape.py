@@ -5,7 +5,8 @@
 
 Cells: for each English page, the visible code cells (markers without ``collapsed`` or ``no-code``), their line
 counts (non-blank lines of the cell's source), how many exceed 25 and 40 lines, and the folded cells.
-Screens: each built page's document height at 1280 px wide with every fold (``details``) closed, divided by 900 px.
+Screens: each built page's document height at 1280 px wide with its figures loaded and every fold (``details``)
+closed, divided by 900 px.
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def screens(site: Path) -> dict[str, float]:
             if relative.startswith(("zh/", "assets/", "search/")) or relative == "404.html":
                 continue
             page.goto(html.as_uri())
-            page.evaluate("document.querySelectorAll('details[open]').forEach(d => d.open = false)")
+            page.evaluate("""async () => {
+                for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
+                document.querySelectorAll('details[open]').forEach(d => d.open = false); }""")
             found[relative.removesuffix("index.html") or "/"] = page.evaluate(
                 "document.documentElement.scrollHeight") / SCREEN
         browser.close()
