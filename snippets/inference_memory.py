@@ -1,13 +1,8 @@
 # %% setup
-# Inference vs training memory: the same MNIST MLP on the same batch of 1000 test
-# images (the lesson's test batch) in training (forward, loss, backward), under
-# torch.no_grad() and under torch.inference_mode(): what autograd saves for backward
-# and the peak memory of each.
-# On CUDA the peak is the allocator's max_memory_allocated() above what was allocated
-# before. On the CPU, which has no allocator counter, it is counted tensor bytes after
-# each layer and each step: parameters, batch, every layer's output, loss, gradients and
-# what autograd saved for backward, each storage once and only while it exists.
-# The model is untrained: memory depends on shapes, not on what the weights learned.
+# Setup the cells below need: imports, the device, the MNIST loader, the model, the
+# memory meter (MemoryMeter: the CUDA allocator's counters on a GPU, counted tensor
+# bytes through hooks on the CPU), the printing helpers and the first test batch of
+# 1000 images. The model is untrained: memory depends on shapes, not on the weights.
 import contextlib
 import io
 import os
@@ -101,30 +96,112 @@ class MLP(nn.Module):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
 
-def cuda_memory():
-    """(bytes allocated now, the most allocated since the last reset): the CUDA
-    caching allocator's counters, one set for the whole process."""
-    torch.cuda.synchronize()
-    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+class MemoryMeter:
+    """Memory in use while a `with` block runs, read by hooks around the code: on
+    CUDA the allocator's counters, on the CPU counted tensor bytes (see above)."""
 
+    def __init__(self, *watched, optimizer=None, layers=False, labels=None):
+        modules = [w for w in watched if isinstance(w, torch.nn.Module)]
+        self.tensors = [w for w in watched if torch.is_tensor(w)]
+        self.modules, self.optimizer, self.layers = modules, optimizer, layers
+        kind = {True: "loss", False: "forward"}
+        self.labels = labels or {
+            m: kind[type(m).__name__.endswith("Loss")] for m in modules
+        }
+        self.readings, self.saved, self.saved_as, self.saved_count = [], {}, {}, 0
+        self.storages, self.known, self.made = {}, {}, {}  # address -> weak ref
+        self.offset, self.highest, self.highest_at = 0, 0, None
+        self.handles, self.accumulated = [], 0
+        self.params = [p for m in modules for p in m.parameters()]
 
-class Meter:
-    """Memory from its creation on, after each check(event).
-    CUDA: memory_allocated() and max_memory_allocated() above what was allocated at
-    the start; the peak is read at every check and kept, because any later
-    reset_peak_memory_stats() (another Meter, a notebook cell) sets it back.
-    CPU: the bytes of the storages shown to see() (and, through pack(), of those
-    autograd saves for backward) that still exist, each storage once; a weak
-    reference to each storage tells whether it has been freed."""
-
-    def __init__(self):
-        self.storages, self.events = {}, []  # address -> (weak reference, bytes)
-        self.highest = 0  # CUDA: the peak so far, stored as it is measured
+    def __enter__(self):
+        existing = [*self.tensors, *self.params, *(p.grad for p in self.params)]
+        if self.optimizer is not None:
+            existing += self._state()
+        self.see(*existing)
+        self._note(self.known, existing)
         if ALLOCATOR:
-            self.baseline = cuda_memory()[0]
+            sizes = {self._ptr(t): self._bytes(t) for t in existing if t is not None}
+            self.baseline = self._allocated() - sum(sizes.values())
             torch.cuda.reset_peak_memory_stats()
+        for module in self.modules:
+            self._watch(module, self.labels.get(module), top=True)
+            for name, child in module.named_children() if self.layers else ():
+                self._watch(child, name, top=False)
+            for sub in module.modules():  # every layer's output counts while it lives
+                if sub is not module and not (
+                    self.layers and sub in [*module.children()]
+                ):
+                    self.handles.append(sub.register_forward_hook(self._see_output))
+        for p in self.params:
+            if p.requires_grad:
+                self.handles.append(p.register_post_accumulate_grad_hook(self._grad))
+        if self.optimizer is not None:
+            self.handles.append(self.optimizer.register_step_post_hook(self._stepped))
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self.hooks.__enter__()
+        self.read("start")
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        for handle in self.handles:
+            handle.remove()
+        self.read("end")
+
+    def _watch(self, module, label, top):
+        def before(module, args):
+            for t in self._tensors(args):
+                if top and not self._has(self.made, t):  # the batch, not a result
+                    self._note(self.known, [t])
+                self.see(t)
+
+        def after(module, args, output):
+            outputs = self._tensors(output)
+            self.see(*outputs)
+            self._note(self.made, outputs)
+            self.read(label)
+            for t in outputs if self.layers and not top else ():
+                if t.requires_grad:
+                    t.register_hook(lambda grad: self._backward(grad, label))
+
+        self.handles.append(module.register_forward_pre_hook(before))
+        self.handles.append(module.register_forward_hook(after))
+
+    def _see_output(self, module, args, output):
+        self.see(*self._tensors(output))
+
+    def _backward(self, grad, label):
+        self.see(grad)
+        self.read(f"{label} backward")
+
+    def _grad(self, param):
+        self.see(param.grad)
+        self.accumulated += 1
+        if self.accumulated % len([p for p in self.params if p.requires_grad]) == 0:
+            self.read("backward")
+
+    def _stepped(self, optimizer, args, kwargs):
+        self.see(*(p.grad for p in self.params), *self._state())
+        self.read("optimizer step")
+
+    def _state(self):
+        states = self.optimizer.state.values()
+        return [v for s in states for v in s.values() if torch.is_tensor(v)]
+
+    def _pack(self, t):
+        """saved_tensors_hooks' pack hook: count what autograd saves. It returns a
+        detached view: returning t itself would keep a saved output alive in a
+        reference cycle after its graph is gone."""
+        self.saved_count += 1
+        self.see(t)
+        if not self._has(self.known, t):  # not a parameter, not the batch
+            self.saved[self._ptr(t)] = self._bytes(t)
+            self.saved_as[self._ptr(t)] = (tuple(t.shape), t.dtype)
+        return t.detach()
 
     def see(self, *tensors):
+        """Count these tensors' storages while they exist (the CPU's count)."""
         for t in tensors:
             if t is not None:
                 storage = t.untyped_storage()
@@ -133,29 +210,107 @@ class Meter:
                     weak = StorageWeakRef(storage)
                     self.storages[storage.data_ptr()] = (weak, storage.nbytes())
 
-    def check(self, event):
+    def now(self):
+        """Bytes in use now, above what zero() left out."""
         if ALLOCATOR:
-            now, peak = cuda_memory()
-            self.highest = max(self.highest, peak - self.baseline)
-            self.events.append((event, now - self.baseline))
-        else:
-            live = (n for weak, n in self.storages.values() if not weak.expired())
-            self.events.append((event, sum(live)))
+            return self._allocated() - self.baseline - self.offset
+        alive = sum(n for weak, n in self.storages.values() if not weak.expired())
+        return alive - self.offset
+
+    def read(self, label):
+        """Store a reading (label, bytes now); on CUDA also read the peak counter."""
+        self.readings.append((label, self.now()))
+        if ALLOCATOR:
+            peak = torch.cuda.max_memory_allocated() - self.baseline - self.offset
+            if peak > self.highest:
+                self.highest, self.highest_at = peak, label
+        return self.readings[-1][1]
+
+    def zero(self):
+        """Count from here on: leave out what is in use now."""
+        self.offset += self.now()
 
     def peak(self):
-        """(bytes, event): on CUDA the allocator's peak up to the last check, between
-        events too."""
+        """(bytes, label): on CUDA the allocator's peak up to the last reading, between
+        readings too, and the reading that first saw it; on the CPU the highest
+        reading."""
         if ALLOCATOR:
-            return self.highest, "-"
-        event, peak = max(self.events, key=lambda e: e[1])
-        return peak, event
+            return self.highest, self.highest_at
+        label, peak = max(self.readings, key=lambda r: r[1])
+        return peak, label
+
+    @staticmethod
+    def _note(where, tensors):
+        for t in tensors:
+            if t is not None:
+                where[t.untyped_storage().data_ptr()] = StorageWeakRef(
+                    t.untyped_storage()
+                )
+
+    @staticmethod
+    def _has(where, t):
+        weak = where.get(t.untyped_storage().data_ptr())
+        return weak is not None and not weak.expired()
+
+    @staticmethod
+    def _allocated():
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    @staticmethod
+    def _ptr(t):
+        return t.untyped_storage().data_ptr()
+
+    @staticmethod
+    def _bytes(t):
+        return t.untyped_storage().nbytes()
+
+    @staticmethod
+    def _tensors(value):
+        """The tensors in a module's arguments or output (tuples, lists, dicts)."""
+        if torch.is_tensor(value):
+            return [value]
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in MemoryMeter._tensors(v)]
+        return []
+
+
+def modes_table(results):
+    """Print, per mode, what autograd saved beyond the parameters and the batch (bytes
+    and tensors), the bytes in use after the loss, and the peak (CPU: where)."""
+    at = "" if ALLOCATOR else "  at"
+    print(f"{'mode':<23} {'saved':>10}{'tensors':>8}{'after loss':>12}{'peak':>12}{at}")
+    for mode, (meter, _) in results.items():
+        saved, count = sum(meter.saved.values()), meter.saved_count
+        after_loss, (peak, where) = dict(meter.readings)["loss"], meter.peak()
+        line = f"{mode:<23} {saved:>10,}{count:>8}{after_loss:>12,}{peak:>12,}"
+        print(line + ("" if ALLOCATOR else f"  {where}"))
+    print(f"(bytes, {METHOD})")
+    for mode, (_, output) in results.items():
+        print(
+            f"{mode:<23} output requires_grad={output.requires_grad!s:<5} "
+            f"is_inference={output.is_inference()}"
+        )
+
+
+def why_fine(eval_saved, eval_peak, batch_bytes):
+    """The verdict on evaluating the batch, as far as the measured numbers say:
+    whether no_grad kept anything for backward, and the batch's share of the peak."""
+    kept = "nothing" if not eval_saved else f"{eval_saved:,} bytes"
+    share = "most" if 2 * batch_bytes > eval_peak else "not most"
+    return (
+        f"Evaluation kept {kept} for backward; the batch is {share} of its peak "
+        f"({batch_bytes / eval_peak:.0%})"
+    )
 
 
 transform = transforms.Compose(
     [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
 )
-test_loader = DataLoader(load_mnist(False, transform), batch_size=1000, shuffle=False)
-images, labels = next(iter(test_loader))  # the lesson's test batch: 1000 images
+test_set = load_mnist(False, transform)
+images, labels = next(iter(DataLoader(test_set, batch_size=1000)))  # the test batch
 criterion = nn.CrossEntropyLoss()
 if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated once, up front
     warm = MLP().to(device)
@@ -172,78 +327,26 @@ MODES = {
 }
 
 
-def run(mode):
-    """The model on the batch in one mode: forward and loss, and in training also
-    backward. Returns (bytes saved for backward beyond parameters and batch, number of
-    tensors saved, meter, the output)."""
-    meter = Meter()
+def run(mode, images, labels):
+    """The model on one batch in one mode: forward and loss, in training also
+    backward. Returns the meter and the model's output."""
     torch.manual_seed(0)
     model = MLP().to(device)
-    meter.see(*model.parameters())
-
-    def after_layer(module, args, out):
-        meter.see(out)
-        meter.check(names[module])
-        if out.requires_grad:  # and again when backward reaches this output
-
-            def in_backward(grad):
-                meter.see(grad)
-                meter.check(f"{names[module]} backward")
-
-            out.register_hook(in_backward)
-
-    names = {layer: n for n, layer in model.named_children()}
-    for layer in names:
-        layer.register_forward_hook(after_layer)
     x, y = images.to(device), labels.to(device)
-    meter.see(x, y)
-    meter.check("batch to device")
-    known = {t.untyped_storage().data_ptr() for t in [*model.parameters(), x, y]}
-    saved, count = {}, [0]
-
-    def pack(t):
-        count[0] += 1
-        meter.see(t)
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in known:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t.detach()  # t itself could keep a saved output alive in a cycle
-
-    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with MODES[mode](), hooks:
+    with MemoryMeter(model, criterion, x, y, layers=True) as meter, MODES[mode]():
         output = model(x)
         loss = criterion(output, y)
-    meter.see(loss)
-    meter.check("loss")
-    saved_bytes = sum(saved.values())  # backward frees these
-    if mode == "training":
-        loss.backward()
-        meter.see(*(p.grad for p in model.parameters()))
-        meter.check("backward")
-    return saved_bytes, count[0], meter, output
+        if mode == "training":
+            loss.backward()
+    return meter, output
 
 
-results = {mode: run(mode) for mode in MODES}
-at = "" if ALLOCATOR else "  at"
-print(f"{'mode':<23} {'saved':>10}{'tensors':>8}{'after loss':>12}{'peak':>12}{at}")
-for mode, (saved_bytes, count, meter, _) in results.items():
-    peak, event = meter.peak()
-    after_loss = dict(meter.events)["loss"]
-    where = "" if ALLOCATOR else f"  {event}"
-    print(f"{mode:<23} {saved_bytes:>10,}{count:>8}{after_loss:>12,}{peak:>12,}{where}")
-say(
-    f"(bytes, {METHOD}; saved: what autograd saved for backward beyond the "
-    f"parameters and the batch, and how many tensors it saved)"
-)
-for mode, (*_, output) in results.items():
-    print(
-        f"{mode:<23} output requires_grad={output.requires_grad!s:<5} "
-        f"is_inference={output.is_inference()}"
-    )
+results = {mode: run(mode, images, labels) for mode in MODES}
+modes_table(results)
 
 # %% why-1000
-train_peak = results["training"][2].peak()[0]
-eval_peak = results["torch.no_grad()"][2].peak()[0]
+train_peak = results["training"][0].peak()[0]
+eval_peak = results["torch.no_grad()"][0].peak()[0]
 batch_bytes = images.nbytes + labels.nbytes
 param_bytes = sum(p.nbytes for p in MLP().parameters())
 print(f"Peak, training the batch of {len(images)}: {train_peak:>11,} bytes ({METHOD})")
@@ -251,35 +354,8 @@ print(f"Peak, evaluating it (no_grad):    {eval_peak:>11,} bytes ({METHOD})")
 print(f"  of which the batch itself:      {batch_bytes:>11,} bytes (images and labels)")
 print(f"  and the parameters:             {param_bytes:>11,} bytes")
 print(f"Training needs {train_peak / eval_peak:.2f}x the memory of evaluation here")
-
-
-def why_fine(size, eval_saved, eval_peak, batch_bytes):
-    """Why the test batch is fine, as far as the measured numbers say: whether no_grad
-    kept anything for backward, and whether the batch is most of evaluation's peak."""
-    if eval_saved:
-        kept = (
-            f"Under no_grad autograd still saved {eval_saved:,} bytes for backward "
-            f"here: evaluating the batch of {size} keeps more than the batch, the "
-            "parameters and the layer outputs of the moment."
-        )
-    else:
-        kept = (
-            f"Why the lesson's test batch of {size} is fine: under no_grad nothing is "
-            "kept for backward, so evaluation holds the batch, the parameters and at "
-            "most two layer outputs at a time, and frees them before the next batch."
-        )
-    if 2 * batch_bytes > eval_peak:
-        share = f"Most of its {eval_peak:,} bytes are the batch itself."
-    else:
-        share = (
-            f"The batch itself, {batch_bytes:,} bytes, is not most of its "
-            f"{eval_peak:,}."
-        )
-    return f"{kept} {share}"
-
-
-eval_saved = results["torch.no_grad()"][0]
-say(why_fine(len(images), eval_saved, eval_peak, batch_bytes))
+eval_saved = sum(results["torch.no_grad()"][0].saved.values())
+print(why_fine(eval_saved, eval_peak, batch_bytes))
 
 # %% inference-tensor
 with torch.inference_mode():
@@ -293,17 +369,25 @@ copied = features.clone()
 print(f"features.clone() is a normal tensor: is_inference={copied.is_inference()}")
 
 # %% chart
+# The chart: memory at each reading of the three modes (MemoryMeter's readings)
 MiB = 2**20
 fig, ax = plt.subplots(figsize=(7, 3.8))
-for (mode, (*_, meter, _output)), style in zip(results.items(), ("-", "--", ":")):
-    values = [b / MiB for _, b in meter.events]
+for (mode, (meter, _)), style in zip(results.items(), ("-", "--", ":")):
+    values = [b / MiB for _, b in meter.readings]
     ax.plot(range(len(values)), values, style, marker="o", label=mode)
-events = [event for event, _ in results["training"][2].events]  # the longest list
-ax.set_xticks(range(len(events)), events, rotation=35, ha="right")
-ax.set_xlabel("after this step of the batch of 1000")
+readings = [label for label, _ in results["training"][0].readings]  # the longest
+ax.set_xticks(range(len(readings)), readings, rotation=35, ha="right")
+ax.set_xlabel("reading, in the order taken, for the batch of 1000")
 ax.set_ylabel(f"memory in use (MiB, {METHOD})")
 ax.set_title("The same test batch: training vs no_grad vs inference_mode")
 ax.grid(True, alpha=0.3)
 ax.legend()
 plt.tight_layout()
 plt.show()
+
+# %% exercise-batch-2000
+# Exercise: the no_grad peak at a test batch of 2000
+images_2000, labels_2000 = next(iter(DataLoader(test_set, batch_size=2000)))
+meter_2000, _ = run("torch.no_grad()", images_2000, labels_2000)
+peak, where = meter_2000.peak()
+print(f"Peak, evaluating a batch of 2000 (no_grad): {peak:,} bytes ({METHOD})")

@@ -69,11 +69,11 @@ def test_the_standin_counts_like_the_allocator():
 
 
 def test_grad_accumulation_stores_each_peak_when_it_is_measured(tmp_path):
-    """Each update's peak is read while the update runs: no later Meter() and no per-cell reset can change it.
-    (Read at the end, as before, it was what was allocated when the 'peaks' cell began: 0 on a GPU, a
-    ZeroDivisionError, or a false ratio.)"""
+    """Each update's peak is read while the update runs (MemoryMeter reads the peak counter at every reading): no
+    later meter and no per-cell reset can change it. (Read at the end, as before, it was what was allocated when the
+    'peaks' cell began: 0 on a GPU, a ZeroDivisionError, or a false ratio.)"""
     out, standin = run_standin("grad_accumulation", tmp_path, {
-        "highest_event": "[max(b for _, b in m.events) for m in (full_meter, micro_meter)]",
+        "highest_event": "[max(b for _, b in m.readings) for m in (full_meter, micro_meter)]",
         "peaks": "[m.peak()[0] for m in (full_meter, micro_meter)]"})
     assert standin["resets"] >= 4                      # the per-cell resets happened
     (full_high, micro_high), (full_peak, micro_peak) = standin["probes"].values()
@@ -88,8 +88,8 @@ def test_inference_memory_reads_the_peaks_it_printed(tmp_path):
     """The training and no_grad peaks in the last cells are the ones measured in 'measure', not what the allocator
     says after later resets."""
     out, standin = run_standin("inference_memory", tmp_path, {
-        "peaks": "{mode: r[2].peak()[0] for mode, r in results.items()}",
-        "highest_event": "{mode: max(b for _, b in r[2].events) for mode, r in results.items()}"})
+        "peaks": "{mode: r[0].peak()[0] for mode, r in results.items()}",
+        "highest_event": "{mode: max(b for _, b in r[0].readings) for mode, r in results.items()}"})
     peaks, highest = standin["probes"]["peaks"], standin["probes"]["highest_event"]
     for mode, peak in peaks.items():
         assert peak >= highest[mode] > 0, mode

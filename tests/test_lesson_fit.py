@@ -47,10 +47,15 @@ def test_accumulated_gradients_equal_the_full_batch_within_the_printed_tolerance
     assert [r[0] for r in rows] == ["layer1.weight", "layer1.bias", "layer2.weight", "layer2.bias"]
     assert max(float(r[2]) for r in rows) == pytest.approx(worst, rel=0.06)      # printed with 2 digits
     assert all(float(r[1]) > 100 * tolerance for r in rows)                      # the gradients are not ~0
-    assert "Without weighting each loss by 1/16: gradients 16.00 times too large" in compare
-    assert "The differences are float32 rounding" in compare                   # said only when equal
-    assert "Learning rate: choose it for the effective batch of 1024" in compare
-    assert compare.count("BatchNorm-like layers compute their statistics over each micro-batch") == 1
+    unweighted = cell_output(recorded("grad_accumulation"), "exercise-no-weight")
+    assert unweighted.strip() == "Without weighting each loss by 1/16: gradients 16.00 times too large"
+
+
+def test_accumulation_peaks_with_micro_batches_of_128(recorded):
+    """The exercise's answer: 8 micro-batches of 128 peak at the optimizer step, with the batch of 128 instead of 64."""
+    text = cell_output(recorded("grad_accumulation"), "exercise-micro-128")
+    peak = number(search(rf"^8 micro-batches of 128\s+{BYTES}  optimizer step$", text)[1])
+    assert peak == 3 * 407_080 + 407_080 + 16 + 128 * (784 * 4 + 8) + 128 * 10 * 4 + 4
 
 
 def test_uneven_micro_batches_need_each_loss_weighted_by_its_share(recorded):
@@ -148,6 +153,16 @@ def test_autocast_shrinks_activations_and_leaves_parameters_gradients_and_adam_u
     assert "Parameters, gradients and Adam's state unchanged under autocast: True" in parts
 
 
+def test_autocast_saves_the_batch_copy_the_relu_output_and_a_weight_in_16_bits(recorded):
+    """The exercise's answer: each tensor autograd saved under autocast (float32 batch), shape and dtype."""
+    text = cell_output(recorded("mixed_precision"), "exercise-saved-dtypes")
+    saved = re.findall(r"^(\([\d, ]*\))\s+(\w+)$", text, re.M)
+    assert sorted(saved) == sorted([("(1024, 784)", "bfloat16"), ("(1024, 128)", "bfloat16"),
+                                    ("(1024, 128)", "bfloat16"), ("(128, 10)", "bfloat16"),
+                                    ("(1024, 10)", "float32"), ("(1024, 10)", "float32"),
+                                    ("(1024,)", "int64"), ("()", "float32")])
+
+
 def test_autocast_loss_follows_float32(recorded):
     training = cell_output(recorded("mixed_precision"), "training")
     rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)$", training, re.M)
@@ -177,14 +192,17 @@ def test_inference_saves_nothing_for_backward(recorded):
     eval_peak = number(search(rf"^Peak, evaluating it \(no_grad\):\s+{BYTES} bytes", why)[1])
     assert eval_peak == number(rows["torch.no_grad()"][3])
     assert number(search(rf"of which the batch itself:\s+{BYTES} bytes", why)[1]) == 1000 * (784 * 4 + 8)
-    assert "Why the lesson's test batch of 1000 is fine" in why
+    assert "Evaluation kept nothing for backward; the batch is most of its peak (69%)" in why
+    big = cell_output(rec, "exercise-batch-2000")
+    # the exercise's answer: the parameters, the batch of 2000, layer1's output and the ReLU's output
+    assert f"no_grad): {407_080 + 2000 * (784 * 4 + 8) + 2 * 2000 * 128 * 4:,} bytes" in big
     assert "RuntimeError: Inference tensors cannot be saved for backward" in cell_output(rec, "inference-tensor")
 
 
 def test_the_tensor_sum_grows_every_step_and_item_stays_flat(recorded):
     rec = recorded("memory_leak")
     leak_text, flat_text = cell_output(rec, "tensor-sum"), cell_output(rec, "item")
-    assert "total_loss is a Tensor" in leak_text and "total_loss is a float" in flat_text
+    assert "The mean loss is a Tensor" in leak_text and "The mean loss is a float" in flat_text
     assert re.search(r"^step\s+total_loss \+= loss\s+\+= loss\.item\(\)\s+\(counted tensor bytes\)$", flat_text, re.M)
     table = re.findall(rf"^\s+(\d+)\s+{BYTES}\s+{BYTES}$", flat_text, re.M)
     rows = [(int(step), number(grows), number(stays)) for step, grows, stays in table]
