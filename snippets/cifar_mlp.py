@@ -1,8 +1,5 @@
 # %% setup
-# The lesson's MLP for CIFAR-10 colour images (3x32x32 = 3072 inputs, 128 hidden, 10
-# classes), shown by torchsummary and torchinfo, with its 394,634 parameters counted
-# layer by layer and compared with the MNIST MLP. CIFAR-10 is never downloaded: the
-# model only needs the shape of one image.
+# Setup the cells below need: imports (torch, torchsummary, torchinfo), the device
 import torch
 import torch.nn as nn
 import torchinfo
@@ -32,55 +29,37 @@ class MLP(nn.Module):
 
 
 model = MLP().to(device)
-print(model)
 fake_images = torch.rand(4, 3, 32, 32, device=device)  # stand-ins, CIFAR-10's shape
 logits = model(fake_images)
 print(f"random batch {tuple(fake_images.shape)} -> logits {tuple(logits.shape)}")
 
-# %% torchsummary
-# torchsummary defaults to device="cuda"; pass the model's own device so this runs on
-# CPU and GPU alike. input_size is one colour image (channels, height, width). Its "MB"
-# are MiB (1024 x 1024 bytes).
-torchsummary.summary(model, input_size=(3, 32, 32), device=device.type)
-
-# %% torchinfo
-# torchinfo needs the batch axis as well; verbose=0 so that it does not also print by
-# itself. Its MB are 10^6 bytes.
-stats = torchinfo.summary(model, input_size=(1, 3, 32, 32), device=device, verbose=0)
-print(stats)
-
 # %% count
-fc1 = 3072 * 128 + 128
-fc2 = 128 * 10 + 10
-print(f"{'layer':<6}{'arithmetic':<20}{'by hand':>10}{'PyTorch':>10}")
-for name, arithmetic, expected in (
-    ("fc1", "3072 x 128 + 128", fc1),
-    ("fc2", "128 x 10 + 10", fc2),
-):
+by_hand = {"fc1": 3072 * 128 + 128, "fc2": 128 * 10 + 10}
+print(f"{'layer':<8}{'by hand':>10}{'PyTorch':>10}")
+for name, expected in by_hand.items():
     counted = sum(p.numel() for p in getattr(model, name).parameters())
-    assert counted == expected
-    print(f"{name:<6}{arithmetic:<20}{expected:>10,}{counted:>10,}")
+    print(f"{name:<8}{expected:>10,}{counted:>10,}")
 total = sum(p.numel() for p in model.parameters())
-assert total == fc1 + fc2 == 394_634
-print(f"{'total':<6}{'':<20}{fc1 + fc2:>10,}{total:>10,}")
-nbytes = total * 4
+print(f"{'total':<8}{sum(by_hand.values()):>10,}{total:>10,}")
+nbytes = total * 4  # float32: 4 bytes each
 size = f"{nbytes:,} bytes = {nbytes / 1024:,.1f} KiB = {nbytes / 1024**2:.2f} MiB"
 print(f"As float32: {total:,} x 4 bytes = {size}")
 
 # %% compare
-# The same class with MNIST's 784 inputs is the MNIST MLP. Only the first layer changes
-# size.
-mnist_total = sum(p.numel() for p in MLP(input_size=28 * 28).parameters())
-assert mnist_total == 101_770
-print(f"{'MNIST MLP (784 inputs)':<28}{mnist_total:>8,} parameters")
-print(f"{'CIFAR-10 MLP (3072 inputs)':<28}{total:>8,} parameters")
-ratio = total / mnist_total
-print(f"The CIFAR-10 MLP has {ratio:.2f} times as many parameters as the MNIST MLP.")
-share, wider = fc1 / total, 3072 / 784
-print(
-    f"Why: the first layer has inputs x 128 weights, and the input is {wider:.2f} times"
-)
-print(
-    f"     larger (3072 vs 784); that layer holds {share:.1%} of the parameters, while"
-)
-print("     the second layer is 1,290 in both.")
+mnist_total = sum(p.numel() for p in MLP(input_size=784).parameters())  # MNIST's MLP
+print(f"MNIST MLP: {mnist_total:,} parameters, CIFAR-10 MLP: {total:,}")
+ratio, wider = total / mnist_total, 3072 / 784
+print(f"CIFAR-10 / MNIST: {ratio:.2f}x the parameters for {wider:.2f}x the inputs")
+print(f"fc1's share of the CIFAR-10 MLP: {by_hand['fc1'] / total:.1%}")
+
+# %% exercise-summaries
+# Both summaries of the CIFAR-10 MLP: one colour image is (3, 32, 32).
+torchsummary.summary(model, input_size=(3, 32, 32), device=device.type)
+stats = torchinfo.summary(model, input_size=(1, 3, 32, 32), device=device, verbose=0)
+print(stats)
+
+# %% exercise-float16
+# The CIFAR-10 MLP's parameters stored as float16 instead of float32.
+half = MLP().to(device, torch.float16)
+half_bytes = sum(p.nbytes for p in half.parameters())
+print(f"float16: {half_bytes:,} bytes = {half_bytes / 1024**2:.2f} MiB")

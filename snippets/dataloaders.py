@@ -1,8 +1,5 @@
 # %% setup
-# Batch size is a DataLoader setting, not part of the model: the lesson's loaders
-# (train: 64, shuffled; test: 1000, in order), what one batch looks like, and the same
-# MNIST MLP run on batches of 1, 64 and 1000 images, which gives the same answer for
-# the same image whatever the batch size.
+# Setup the cells below need: imports, the device, the MNIST loader and both datasets
 import contextlib
 import io
 import os
@@ -86,10 +83,11 @@ train_loader = DataLoader(train_dataset, batch_size=64, shuffle=True)
 test_loader = DataLoader(test_dataset, batch_size=1000, shuffle=False)
 print(f"{'loader':<7}{'images':>8}{'batch':>7}{'shuffle':>9}{'batches':>9}")
 n_train, n_test = len(train_dataset), len(test_dataset)
-print(f"{'train':<7}{n_train:>8}{64:>7}{'True':>9}{len(train_loader):>9}", end="")
-print("   (60000 / 64 = 937.5 -> 938)")
-print(f"{'test':<7}{n_test:>8}{1000:>7}{'False':>9}{len(test_loader):>9}", end="")
-print("   (10000 / 1000 = 10)")
+print(f"{'train':<7}{n_train:>8}{64:>7}{'True':>9}{len(train_loader):>9}")
+print(f"{'test':<7}{n_test:>8}{1000:>7}{'False':>9}{len(test_loader):>9}")
+# The batch sampler lists each batch's indices without loading an image.
+sizes = [len(batch) for batch in train_loader.batch_sampler]
+print(f"train: {sizes.count(64)} batches of 64, then a last one of {sizes[-1]}")
 
 # %% one-batch
 images, labels = next(iter(train_loader))
@@ -97,17 +95,10 @@ for name, tensor in (("images", images), ("labels", labels)):
     shape, dtype = str(tuple(tensor.shape)), str(tensor.dtype)
     print(f"{name}: shape {shape:<16} dtype {dtype:<14} {tensor.nbytes:>8,} bytes")
 print(f"first labels: {labels[:10].tolist()}")
-# The batch sampler lists each batch's indices without loading any image: the last
-# batch is what is left.
-batch_sizes = [len(batch) for batch in train_loader.batch_sampler]
-full, last = len(batch_sizes) - 1, batch_sizes[-1]
-print(f"train batches: {full} of 64 images, then a last one of {last}", end="")
-print(f" (60000 % 64 = {60000 % 64})")
 
 
-# %% any-batch-size
-# The lesson's MNIST MLP, untrained (seeded weights). Nothing in it mentions a batch
-# size.
+# %% model
+# The MNIST MLP of mnist_mlp.py, untrained (seeded): the cells below run it
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -122,30 +113,33 @@ class MLP(nn.Module):
 
 torch.manual_seed(0)
 model = MLP().to(device)
-n_params = sum(p.numel() for p in model.parameters())
-print(f"{'batch size':>10}  {'input':<20}{'output':<12}{'parameters':>10}")
-first_logits = {}
+
+# %% any-batch-size
+first_logits = {}  # test image 0's logits, per batch size
 with torch.no_grad():
     for batch_size in (1, 64, 1000):
-        # Unshuffled test images, so every batch starts with the same image: test
-        # image 0.
-        loader = DataLoader(test_dataset, batch_size=batch_size, shuffle=False)
+        loader = DataLoader(test_dataset, batch_size=batch_size)  # in order
         batch, _ = next(iter(loader))
         output = model(batch.to(device))
-        first_logits[batch_size] = output[0]
-        count = sum(p.numel() for p in model.parameters())
-        shapes = f"{str(tuple(batch.shape)):<20}{str(tuple(output.shape)):<12}"
-        print(f"{batch_size:>10}  {shapes}{count:>10,}")
+        first_logits[batch_size] = output[0]  # test image 0 comes first in each
+        n_params = sum(p.numel() for p in model.parameters())
+        shapes = f"{str(tuple(batch.shape)):<19} -> {str(tuple(output.shape)):<11}"
+        print(f"batch {batch_size:>4}: {shapes} {n_params:,} parameters")
+print(f"layer1.weight: {tuple(model.layer1.weight.shape)}")
+
+# %% same-answer
+TOLERANCE = 1e-5  # float32 sums in another order differ in the last bits
 diff = max((first_logits[n] - first_logits[1]).abs().max().item() for n in (64, 1000))
-print("Test image 0, logits with batch size 1:")
-print("  " + " ".join(f"{v:+.4f}" for v in first_logits[1].tolist()))
-# float32 sums in another order (each batch size may pick another kernel) differ in
-# the last bits; TF32 would round much more, and matmuls do not use it unless asked:
-TOLERANCE = 1e-5  # absolute, for logits of size about 1
-print(f"Largest difference of those logits at batch size 64 or 1000: {diff:.2e}")
+print(f"Largest difference of image 0's logits at batch size 64 or 1000: {diff:.2e}")
 tf32 = torch.backends.cuda.matmul.allow_tf32
 verdict = "the same" if diff <= TOLERANCE else "NOT the same"
-print(f"{verdict} within {TOLERANCE:.0e} (float32; TF32 matmuls allowed: {tf32})")
-shape = tuple(model.layer1.weight.shape)
-print(f"The same model with the same {n_params:,} parameters took every batch size;")
-print(f"layer1.weight is {shape}: no batch axis.")
+print(f"{verdict} within {TOLERANCE:.0e} (TF32 matmuls allowed: {tf32})")
+
+# %% exercise-drop-last
+# The training loader with drop_last=True, at the lesson's batch size and at 100.
+for batch_size in (64, 100):
+    loader = DataLoader(train_dataset, batch_size=batch_size, drop_last=True)
+    skipped = len(train_dataset) - len(loader) * batch_size
+    print(
+        f"batch size {batch_size:>3}: {len(loader)} batches, {skipped} images skipped"
+    )

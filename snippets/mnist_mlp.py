@@ -1,8 +1,5 @@
 # %% setup
-# The lesson's MNIST model: a two-layer MLP
-# (Flatten -> Linear 784->128 -> ReLU -> Linear 128->10).
-# Its structure shown by torchsummary and by torchinfo, and its 101,770 parameters
-# counted by hand, layer by layer, and checked against PyTorch's own count.
+# Setup the cells below need: imports (torch, torchsummary, torchinfo, pyplot), device
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
@@ -36,47 +33,32 @@ model = MLP().to(device)
 print(model)
 
 # %% torchsummary
-# torchsummary.summary defaults to device="cuda": on a CUDA machine with the model on
-# the CPU (or on a CPU-only machine) its test input and the model would disagree. Pass
-# the model's own device. input_size is one sample (channels, height, width): no batch
-# size. Its "MB" are MiB (1024 x 1024 bytes).
+# input_size is one sample (channels, height, width); device is the model's own.
 torchsummary.summary(model, input_size=(1, 28, 28), device=device.type)
 
 # %% torchinfo
-# torchinfo wants the batch axis too: (batch, channels, height, width). In a script it
-# prints the table by itself unless verbose=0; here it only returns it, and print()
-# shows it once. Its MB are 10^6 bytes, and its "Total mult-adds (Units.MEGABYTES)"
-# line counts millions of multiply-adds, not bytes.
+# input_size with the batch axis; verbose=0 returns the table without printing it.
 stats = torchinfo.summary(model, input_size=(1, 1, 28, 28), device=device, verbose=0)
 print(stats)
-params_bytes = stats.total_params * 4
+params_bytes = stats.total_params * 4  # float32: 4 bytes each
 mib, mb = params_bytes / 1024**2, params_bytes / 1000**2
-print(f"Both 'Params size' lines are {params_bytes:,} bytes:")
-print(f"{mib:.2f} MiB (torchsummary's \"MB\") = {mb:.2f} MB (torchinfo's)")
+print(f"Params: {params_bytes:,} bytes = {mib:.2f} MiB = {mb:.2f} MB")
 
 # %% count
-# Parameters of a Linear layer: inputs x outputs weights, plus one bias per output.
-layer1 = 784 * 128 + 128
-layer2 = 128 * 10 + 10
-print(f"{'layer':<8}{'arithmetic':<20}{'by hand':>10}{'PyTorch':>10}")
-for name, arithmetic, expected in (
-    ("layer1", "784 x 128 + 128", layer1),
-    ("layer2", "128 x 10 + 10", layer2),
-):
+# A Linear layer holds inputs x outputs weights, plus one bias per output.
+by_hand = {"layer1": 784 * 128 + 128, "layer2": 128 * 10 + 10}
+print(f"{'layer':<8}{'by hand':>10}{'PyTorch':>10}")
+for name, expected in by_hand.items():
     counted = sum(p.numel() for p in getattr(model, name).parameters())
-    assert counted == expected
-    print(f"{name:<8}{arithmetic:<20}{expected:>10,}{counted:>10,}")
+    print(f"{name:<8}{expected:>10,}{counted:>10,}")
 total = sum(p.numel() for p in model.parameters())
-assert total == layer1 + layer2 == 101_770
-print(f"{'total':<8}{'':<20}{layer1 + layer2:>10,}{total:>10,}")
-nbytes = total * 4
-print("Flatten and ReLU have no parameters.")
+print(f"{'total':<8}{sum(by_hand.values()):>10,}{total:>10,}")
+nbytes = total * 4  # float32: 4 bytes each
 print(f"As float32: {total:,} x 4 bytes = {nbytes:,} bytes = {nbytes / 1024:.1f} KiB")
 
 # %% diagram
-# The model as a picture, top to bottom: each layer with the parameters it holds (from
-# named_parameters and numel) and the shape of what flows out of it, taken from a real
-# forward pass of a batch of 64.
+# Drawing code: the model as a picture, each layer's parameters and output shape
+# (the shapes come from a real forward pass of a batch of 64, caught by forward hooks).
 plt.rcParams["font.size"] = 10
 shapes = {}
 hooks = [
@@ -100,7 +82,7 @@ ARROW = {"arrowstyle": "->", "lw": 1.2}
 
 
 layers = list(model.named_children())
-fig, ax = plt.subplots(figsize=(7, 7.2), layout="constrained")
+fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
 ax.set_xlim(0, 8.6)
 ax.set_ylim(-2 * len(layers) - 0.9, 0.4)
 ax.set_axis_off()
@@ -126,8 +108,13 @@ total = sum(p.numel() for p in model.parameters())
 footer = f"total: {total:,} parameters × 4 bytes = {4 * total:,} bytes (float32)"
 ax.text(4.3, y - 1.8, footer, ha="center", weight="bold")
 ax.set_title("The MNIST MLP, 784 → 128 → 10: parameters of each layer")
-for name, layer in layers:
-    count = sum(p.numel() for p in layer.parameters())
-    print(f"{name:<8} {describe(layer):<24} {count:>8,} parameters")
-print(f"{'total':<8} {'':<24} {total:>8,} parameters")
 plt.show()
+
+# %% exercise-hidden-256
+# The MNIST MLP with a hidden layer of 256 instead of 128.
+hidden = 256
+wider = nn.Sequential(
+    nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+)
+n_wider = sum(p.numel() for p in wider.parameters())
+print(f"hidden {hidden}: {n_wider:,} parameters = {n_wider * 4:,} bytes as float32")

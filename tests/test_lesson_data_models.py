@@ -57,32 +57,42 @@ def test_mnist_mlp_has_101770_parameters(recorded):
     assert "Params size (MB): 0.39" in cell_output(rec, "torchsummary")
     torchinfo = cell_output(rec, "torchinfo")
     assert "Params size (MB): 0.41" in torchinfo and torchinfo.count("Total params") == 1   # printed once
+    assert "Params: 407,080 bytes = 0.39 MiB = 0.41 MB" in torchinfo
     count = cell_output(rec, "count")
     assert "100,480" in count and "1,290" in count and "407,080 bytes = 397.5 KiB" in count
     diagram = next(c for c in rec["cells"] if c["name"] == "diagram")
-    counts = {line.split()[0]: int(line.split()[-2].replace(",", "")) for line in diagram["stdout"].splitlines()}
-    assert counts == {"flatten": 0, "layer1": 100_480, "relu": 0, "layer2": 1_290, "total": 101_770}
     assert len(diagram["figures"]) == 1
     assert diagram["figure_descriptions"][0] == "The MNIST MLP, 784 → 128 → 10: parameters of each layer"
+    assert "hidden 256: 203,530 parameters = 814,120 bytes" in cell_output(rec, "exercise-hidden-256")
 
 
 def test_cifar_mlp_has_394634_parameters(recorded):
     rec = recorded("cifar_mlp")
-    assert "Total params: 394,634" in cell_output(rec, "torchsummary")
+    summaries = cell_output(rec, "exercise-summaries")
+    assert "Total params: 394,634" in summaries and summaries.count("Total params") == 2
+    assert "Params size (MB): 1.51" in summaries and "Params size (MB): 1.58" in summaries
     count = cell_output(rec, "count")
     assert "393,344" in count and "394,634" in count and "1,578,536 bytes" in count
-    assert "3.88 times as many parameters" in cell_output(rec, "compare")
+    compare = cell_output(rec, "compare")
+    assert "3.88x the parameters for 3.92x the inputs" in compare and "99.7%" in compare
+    assert "float16: 789,268 bytes = 0.75 MiB" in cell_output(rec, "exercise-float16")
 
 
 def test_dataloaders_and_batch_independence(recorded):
     rec = recorded("dataloaders")
     loaders = cell_output(rec, "loaders")
     assert re.search(r"train\s+60000\s+64\s+True\s+938", loaders) and re.search(r"test\s+10000\s+1000\s+False\s+10", loaders)
+    assert "937 batches of 64, then a last one of 32" in loaders
     batch = cell_output(rec, "one-batch")
-    assert "(64, 1, 28, 28)" in batch and "200,704 bytes" in batch and "512 bytes" in batch and "32" in batch
+    assert "(64, 1, 28, 28)" in batch and "200,704 bytes" in batch and "512 bytes" in batch
     independent = cell_output(rec, "any-batch-size")
     for shape in ("(1, 10)", "(64, 10)", "(1000, 10)"):
         assert shape in independent
-    difference = float(re.search(r"Largest difference .*: ([0-9.e+-]+)", independent).group(1))
-    assert difference < 1e-5
+    assert independent.count("101,770 parameters") == 3 and "layer1.weight: (128, 784)" in independent
+    same = cell_output(rec, "same-answer")
+    difference = float(re.search(r"Largest difference .*: ([0-9.e+-]+)", same).group(1))
+    assert difference < 1e-5 and "the same within 1e-05" in same
+    drop_last = cell_output(rec, "exercise-drop-last")
+    assert "batch size  64: 937 batches, 32 images skipped" in drop_last
+    assert "batch size 100: 600 batches, 0 images skipped" in drop_last
     assert "Warning" not in all_output(rec)
