@@ -1,7 +1,5 @@
 # %% setup
-# Image data vs tabular data: a table is (samples, features), but an image keeps its
-# layout as (channels, height, width). MNIST is 1x28x28 greyscale, CIFAR-10 is 3x32x32
-# colour, and a batch adds one axis in front: (batch, channels, height, width).
+# Setup the cells below need: imports, the device, the MNIST loader (load_mnist)
 import contextlib
 import io
 import os
@@ -75,74 +73,50 @@ def mnist_failure(error, printed):
 
 
 # %% tabular
-# Tabular data: one row per sample, one column per feature. Random numbers stand in
-# for real features.
-table = torch.randn(1000, 5)
-print(f"Table shape: {tuple(table.shape)}  ->  (samples, features)")
-print("First 3 rows (each row is one sample with 5 features):")
-for row in table[:3]:
-    print("   " + "  ".join(f"{value:+.4f}" for value in row.tolist()))
+# Tabular data: one row per sample, one column per feature.
+table = torch.randn(1000, 5)  # random numbers stand in for real features
+print(f"Table shape: {tuple(table.shape)}  (samples, features)")
+print(table[:3])
 
 # %% one-image
-# One MNIST image after ToTensor: a 3-D tensor, not a row of numbers.
+# One MNIST image after ToTensor: a 3-D tensor (channels, height, width).
 train_dataset = load_mnist(train=True, transform=transforms.ToTensor())
 image, label = train_dataset[0]
-low, high = image.min().item(), image.max().item()
-print(f"Image shape: {tuple(image.shape)}  ->  (channels, height, width)")
-print(f"dtype      : {image.dtype}")
-print(f"label      : {label}")
-print(f"values     : {image.numel()} = 1 x 28 x 28, from {low:.1f} to {high:.1f}")
+print(f"Image shape: {tuple(image.shape)}, dtype {image.dtype}, label {label}")
+print(f"values from {image.min():.1f} to {image.max():.1f}")
 size = f"{image.numel()} values x {image.element_size()} bytes"
-print(f"size       : {size} = {image.nbytes:,} bytes")
+print(f"size: {size} = {image.nbytes:,} bytes")
 
 # %% cifar-shape
-# CIFAR-10 is never downloaded here: the lesson only needs its shape, so torch.rand
-# makes a random "image" of the same shape (3 colour channels: red, green, blue;
-# 32 x 32 pixels).
+# CIFAR-10 is never downloaded: only its shape matters here, so random numbers stand
+# in for a 32 x 32 colour picture with 3 channels (red, green, blue).
 cifar_image = torch.rand(3, 32, 32)
-shape = tuple(cifar_image.shape)
-print(f"CIFAR-10-shaped image: {shape}  ->  (channels, height, width)")
-for channel, colour in enumerate(["red", "green", "blue"]):
-    shape = tuple(cifar_image[channel].shape)
-    print(f"  channel {channel} ({colour:>5}): shape {shape}")
-print(f"values: {cifar_image.numel()} = 3 x 32 x 32, dtype {cifar_image.dtype}")
+print(f"CIFAR-10-shaped image: {tuple(cifar_image.shape)}")
+print(f"one channel: {tuple(cifar_image[0].shape)}")
+print(f"values: {cifar_image.numel()} = 3 x 32 x 32")
 
 # %% batch
 # A model sees many images at once: stacking 64 images adds a batch axis in front.
 batch = torch.stack([train_dataset[i][0] for i in range(64)])
-meanings = [
-    "batch: which image (0-63)",
-    "channels: 1 grey channel",
-    "height: pixel rows",
-    "width: pixel columns",
-]
-print(f"Batch shape: {tuple(batch.shape)}")
-for axis, (size, meaning) in enumerate(zip(batch.shape, meanings)):
-    print(f"  axis {axis}: {size:>3}  {meaning}")
+print(f"Batch shape: {tuple(batch.shape)}  (N, C, H, W)")
 values = f"{batch.numel():,} values x {batch.element_size()} bytes"
 print(f"size: {values} = {batch.nbytes:,} bytes = {batch.nbytes / 1024:.1f} KiB")
 
 # %% flatten
-# An MLP needs one vector per image: flatten every axis except the batch axis (what
-# nn.Flatten does).
-flat = batch.flatten(start_dim=1)
-shapes = f"{tuple(batch.shape)} -> flattened {tuple(flat.shape)}"
-print(f"MNIST batch   {shapes}   (1 x 28 x 28 = {1 * 28 * 28})")
+# An MLP wants one vector per image: nn.Flatten joins every axis but the batch axis.
+flatten = nn.Flatten()  # the same as tensor.flatten(start_dim=1)
 cifar_batch = torch.rand(64, 3, 32, 32)
-cifar_flat = cifar_batch.flatten(start_dim=1)
-shapes = f"{tuple(cifar_batch.shape)} -> flattened {tuple(cifar_flat.shape)}"
-print(f"CIFAR batch   {shapes}  (3 x 32 x 32 = {3 * 32 * 32})")
-print("Flattening keeps every pixel but forgets which pixels were neighbours.")
+print(f"MNIST batch {tuple(batch.shape)} -> {tuple(flatten(batch).shape)}")
+print(f"CIFAR batch {tuple(cifar_batch.shape)} -> {tuple(flatten(cifar_batch).shape)}")
 
 # %% axes-figure
-# The batch above as a picture: its four axes (N, C, H, W), then nn.Flatten's output,
-# one row of 784 numbers per image. Every size on it is read from the tensors.
+# Figure: the batch's four axes (N, C, H, W) and the rows nn.Flatten makes of them.
+# Every size on it is read from the tensors.
 plt.rcParams["font.size"] = 10
-flat = nn.Flatten()(batch)  # the layer the MLP uses; the same as flatten(start_dim=1)
-assert torch.equal(flat, batch.flatten(start_dim=1))
+flat = flatten(batch)  # the layer the MLP uses
 N, C, H, W = batch.shape
 fig, (deck, rows) = plt.subplots(
-    2, 1, figsize=(7, 8.2), height_ratios=[1.15, 1], layout="constrained"
+    2, 1, figsize=(7, 6.4), height_ratios=[1.5, 1], layout="constrained"
 )
 
 SHOWN, STEP = 4, 9  # draw the first 4 images of the batch, each 9 pixels behind
@@ -194,3 +168,21 @@ rows.set_yticks([0, N - 1], ["image 0", f"image {N - 1}"])
 fig.suptitle("MNIST: the axes of an image batch, and what nn.Flatten does")
 print(f"Drawn from the tensors: batch {tuple(batch.shape)} -> {tuple(flat.shape)}")
 plt.show()
+
+# %% exercise-cifar-batch
+# A CIFAR-10 batch of 128 float32 images: its shape and its bytes.
+cifar_batch = torch.rand(128, 3, 32, 32)
+values = f"{cifar_batch.numel():,} values x {cifar_batch.element_size()} bytes"
+size = f"{cifar_batch.nbytes:,} bytes = {cifar_batch.nbytes / 1024:.1f} KiB"
+print(f"{tuple(cifar_batch.shape)}: {values} = {size}")
+
+# %% exercise-dtype
+# The MNIST batch of 64 in three dtypes: bytes per value and bytes in all.
+versions = {
+    "float32": batch,
+    "float16": batch.half(),
+    "uint8": (batch * 255).round().to(torch.uint8),  # the bytes MNIST stores
+}
+for name, tensor in versions.items():
+    each = f"bytes per value: {tensor.element_size()}"
+    print(f"{name:<8} {tuple(tensor.shape)}  {each}, in all: {tensor.nbytes:>7,} bytes")

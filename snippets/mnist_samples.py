@@ -1,7 +1,5 @@
 # %% setup
-# Loading MNIST the lesson's way (ToTensor, then Normalize) and looking at it: a grid of
-# random training images with their labels, de-normalised for display, and how many
-# images each digit has.
+# Setup the cells below need: imports, the device, the MNIST loader (load_mnist)
 import contextlib
 import io
 import os
@@ -74,59 +72,45 @@ def mnist_failure(error, printed):
 
 
 # %% load
+# The lesson's pipeline: ToTensor, then Normalize with MNIST's own mean and std.
 transform = transforms.Compose(
-    [
-        transforms.ToTensor(),  # uint8 0..255 -> float32 0..1, shape (1, 28, 28)
-        transforms.Normalize((0.1307,), (0.3081,)),  # (x - 0.1307) / 0.3081
-    ]
+    [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
 )
 train_dataset = load_mnist(train=True, transform=transform)
 test_dataset = load_mnist(train=False, transform=transform)
-print(f"training images: {len(train_dataset)}")
-print(f"test images    : {len(test_dataset)}")
+print(f"training images: {len(train_dataset)}, test images: {len(test_dataset)}")
 image, label = train_dataset[0]
 kind = type(label).__name__
-print(
-    f"one sample     : image {tuple(image.shape)} {image.dtype}, label {label} ({kind})"
-)
+print(f"one sample: image {tuple(image.shape)} {image.dtype}, label {label} ({kind})")
 
 # %% grid
-# 16 random training images. A seeded generator picks the same ones on every run.
+# Figure: 16 random training images, de-normalised for display (x = y * 0.3081 +
+# 0.1307). A seeded generator picks the same ones on every run.
 plt.rcParams["font.size"] = 10
 generator = torch.Generator().manual_seed(0)
 indices = torch.randperm(len(train_dataset), generator=generator)[:16].tolist()
-fig, axes = plt.subplots(4, 4, figsize=(6, 8.6), layout="constrained")
-chosen = []
+fig, axes = plt.subplots(2, 8, figsize=(7, 3), layout="constrained")
+labels = []
 for ax, index in zip(axes.flat, indices):
     image, label = train_dataset[index]
-    chosen.append(label)
+    labels.append(label)
     shown = image * 0.3081 + 0.1307  # undo Normalize to get back to 0..1 for display
     ax.imshow(shown[0].numpy(), cmap="gray", vmin=0, vmax=1)  # [0]: the only channel
-    ax.set_title(f"label {label}")
-    ax.set_xlabel(f"#{index}")
+    ax.set_title(f"{label}", fontsize=10)
+    ax.set_xlabel(f"#{index}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle("Random MNIST training images: label above, training-set index below")
-print("Training-set indices and labels, row by row as in the grid:")
-for row in range(4):
-    shown = indices[4 * row : 4 * row + 4], chosen[4 * row : 4 * row + 4]
-    print("  " + "   ".join(f"{'#' + str(i):>6}: label {n}" for i, n in zip(*shown)))
+print("labels, row by row as in the grid:")
+for row in range(2):
+    print("  " + " ".join(str(n) for n in labels[8 * row : 8 * row + 8]))
 plt.show()
 
 # %% class-counts
-# How many images of each digit? .targets holds all labels without loading any image.
-plt.rcParams["font.size"] = 10
-train_counts = torch.bincount(train_dataset.targets, minlength=10).tolist()
-test_counts = torch.bincount(test_dataset.targets, minlength=10).tolist()
-n_train, n_test = len(train_dataset), len(test_dataset)
-print(f"{'digit':>5}{'train':>8}{'share':>8}{'test':>7}{'share':>8}")
-for digit, (train, test) in enumerate(zip(train_counts, test_counts)):
-    print(f"{digit:>5}{train:>8}{train / n_train:>8.1%}{test:>7}{test / n_test:>8.1%}")
-print(f"{'total':>5}{sum(train_counts):>8}{'':>8}{sum(test_counts):>7}")
-fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
-ax.bar(range(10), train_counts, color="tab:blue")
-ax.set_xticks(range(10))
-ax.set_title("MNIST training set: images per digit")
-ax.set_xlabel("digit (label)")
-ax.set_ylabel("number of images")
-plt.show()
+# How many images of each digit? .targets holds every label without loading an image.
+print("digit" + "".join(f"{digit:>7}" for digit in range(10)))
+for name, dataset in (("train", train_dataset), ("test", test_dataset)):
+    counts = torch.bincount(dataset.targets, minlength=10)
+    print(f"{name:<5}" + "".join(f"{n:>7}" for n in counts.tolist()))
+    shares = (counts / counts.sum()).tolist()
+    print(f"{'share':<5}" + "".join(f"{share:>7.1%}" for share in shares))

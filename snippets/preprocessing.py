@@ -1,8 +1,5 @@
 # %% setup
-# Preprocessing MNIST: ToTensor turns 0-255 bytes into float32 values in [0, 1], and
-# Normalize((0.1307,), (0.3081,)) shifts and scales them to mean 0, std 1. The two
-# numbers are MNIST's own training-set mean and std, which this file computes from all
-# 60,000 images.
+# Setup the cells below need: imports, the device, the MNIST loader (load_mnist)
 import contextlib
 import io
 import os
@@ -76,65 +73,33 @@ def mnist_failure(error, printed):
 
 
 # %% to-tensor
-# Without a transform, MNIST gives PIL images whose pixels are 8-bit integers 0..255.
+# Without a transform, MNIST gives PIL images of 8-bit pixels; ToTensor converts one.
 raw_train = load_mnist(train=True, transform=None)
 pil_image, label = raw_train[0]
 pixels = np.array(pil_image)
 tensor = transforms.ToTensor()(pil_image)
-
-
-def row(name, kind, shape, dtype, low, high):
-    print(f"{name:<18}{kind:<16}{shape:<14}{dtype:<15}{low:>6}{high:>6}")
-
-
-row("", "type", "shape", "dtype", "min", "max")
-kind, mode = type(pil_image).__name__, f"mode {pil_image.mode}"
-row("PIL image", kind, str(pil_image.size), mode, pixels.min(), pixels.max())
-shape, dtype = str(pixels.shape), str(pixels.dtype)
-row("as numpy array", "ndarray", shape, dtype, pixels.min(), pixels.max())
-shape, dtype = str(tuple(tensor.shape)), str(tensor.dtype)
-low, high = f"{tensor.min().item():.1f}", f"{tensor.max().item():.1f}"
-row("after ToTensor", "Tensor", shape, dtype, low, high)
-# ToTensor = add a channel axis, convert to float32, divide by 255.
-by_hand = torch.from_numpy(pixels).unsqueeze(0).float().div(255)
-same = torch.equal(tensor, by_hand)
-print(f"ToTensor(x) equals x / 255 as float32 with a channel axis added: {same}")
+print(f"PIL image     : size {pil_image.size}, mode {pil_image.mode}")
+low, high = pixels.min(), pixels.max()
+print(f"numpy array   : {pixels.shape} {pixels.dtype}, {low} to {high}")
+low, high = tensor.min().item(), tensor.max().item()
+print(f"after ToTensor: {tuple(tensor.shape)} {tensor.dtype}, {low:.1f} to {high:.1f}")
+# ToTensor by hand: add a channel axis, convert to float32, divide by 255.
+by_hand = torch.from_numpy(pixels).unsqueeze(0).float() / 255
+print(f"equals x / 255 as float32 with a channel axis: {torch.equal(tensor, by_hand)}")
 
 # %% mean-std
-# Mean and std of every pixel of the 60,000 training images (47,040,000 values).
-# train.data is the raw uint8 tensor (60000, 28, 28); float64 keeps the sums exact
-# enough.
+# Mean and std of every pixel of the 60,000 training images, scaled to [0, 1].
+# raw_train.data is the raw uint8 tensor; float64 keeps the sums exact enough.
 all_pixels = raw_train.data.to(torch.float64) / 255
-mean = all_pixels.mean().item()
-std = all_pixels.std().item()
+mean, std = all_pixels.mean().item(), all_pixels.std().item()
 print(f"pixels: {tuple(raw_train.data.shape)} -> {all_pixels.numel():,} values")
 print(f"mean = {mean:.4f}   (more digits: {mean:.10f})")
 print(f"std  = {std:.4f}   (more digits: {std:.10f})")
-print(
-    f"Rounded to 4 decimals they are the lesson's constants: "
-    f"{round(mean, 4) == 0.1307 and round(std, 4) == 0.3081}"
-)
+same = round(mean, 4) == 0.1307 and round(std, 4) == 0.3081
+print(f"Rounded to 4 decimals they are the lesson's constants: {same}")
 
-# %% normalize
-# Normalize((0.1307,), (0.3081,)) computes (x - mean) / std for every pixel (per
-# channel; MNIST has one).
-normalize = transforms.Normalize((0.1307,), (0.3081,))
-for x in (0.0, 0.1307, 1.0):
-    print(
-        f"pixel {x:.4f} -> ({x:.4f} - 0.1307) / 0.3081 = {(x - 0.1307) / 0.3081:+.4f}"
-    )
-# The whole training set exactly as the lesson's pipeline (ToTensor, then Normalize)
-# produces it:
-before = raw_train.data.unsqueeze(1).float().div(255)  # (60000, 1, 28, 28) float32
-after = normalize(before)
-lesson_transform = transforms.Compose([transforms.ToTensor(), normalize])
-pipeline = load_mnist(train=True, transform=lesson_transform)
-assert torch.equal(pipeline[0][0], after[0])  # same values as the Dataset gives
-print(f"\n{'whole training set':<20}{'min':>9}{'max':>9}{'mean':>9}{'std':>9}")
-for name, values in (("before (ToTensor)", before), ("after Normalize", after)):
-    values = values.double()
-    stats = (values.min(), values.max(), values.mean(), values.std())
-    print(f"{name:<20}" + "".join(f"{v.item():>9.4f}" for v in stats))
+# %% verdict
+# Helpers the next cells need: a one-line verdict on a mean and std, and a table row.
 ABOUT = 0.005  # "about": within this of 0 and of 1, the same to 2 decimals
 
 
@@ -154,12 +119,31 @@ def normalized_text(mean, std):
     )
 
 
-print(normalized_text(stats[2].item(), stats[3].item()))  # the "after" row's
+def stats_row(name, values):
+    """Print min, max, mean and std of a tensor (computed in float64), in one row."""
+    values = values.double()
+    stats = [values.min(), values.max(), values.mean(), values.std()]
+    print(f"{name:<18}" + "".join(f"{v.item():>9.4f}" for v in stats))
+    return stats[2].item(), stats[3].item()
+
+
+# %% normalize
+# Normalize computes (x - 0.1307) / 0.3081 for every pixel (per channel: MNIST has 1).
+normalize = transforms.Normalize((0.1307,), (0.3081,))
+three = torch.tensor([[[0.0, 0.1307, 1.0]]])  # 3 pixels: background, mean, ink
+for x, y in zip(three.flatten(), normalize(three).flatten()):
+    print(f"pixel {x:.4f} -> {y:+.4f}")
+# The whole training set, as ToTensor gives it, then after Normalize:
+before = raw_train.data.unsqueeze(1).float() / 255  # (60000, 1, 28, 28)
+after = normalize(before)
+print(f"\n{'whole training set':<18}{'min':>9}{'max':>9}{'mean':>9}{'std':>9}")
+stats_row("before Normalize", before)
+mean, std = stats_row("after Normalize", after)
+print(normalized_text(mean, std))
 
 # %% histogram
-# Pixel-value histogram before and after normalisation. MNIST pixels take only 256
-# values, so counting each byte value gives the exact histogram; Normalize moves and
-# stretches the x axis only. The two panels are stacked, so that a phone shows them.
+# Figure: histogram of every training pixel before and after Normalize (log scale).
+# MNIST pixels take only 256 values, so counting each byte value gives it exactly.
 plt.rcParams["font.size"] = 10
 counts = torch.bincount(raw_train.data.flatten(), minlength=256).numpy()
 values_before = np.arange(256) / 255
@@ -167,7 +151,7 @@ values_after = (values_before - 0.1307) / 0.3081
 zeros, total = counts[0], counts.sum()
 share = zeros / total
 print(f"Pixels that are exactly 0 (background): {zeros:,} of {total:,} = {share:.1%}")
-fig, axes = plt.subplots(2, 1, figsize=(7, 6.4), layout="constrained")
+fig, axes = plt.subplots(2, 1, figsize=(7, 5.2), layout="constrained")
 for ax, xs, title in (
     (axes[0], values_before, "After ToTensor: values in [0, 1]"),
     (axes[1], values_after, "After Normalize: (x - 0.1307) / 0.3081"),
@@ -182,3 +166,9 @@ for ax, xs, title in (
     ax.legend()
 fig.suptitle("MNIST training set: pixel values before and after normalisation")
 plt.show()
+
+# %% exercise-constants
+# Normalize with the constants many tutorials use, (0.5,) and (0.5,), on MNIST.
+half = transforms.Normalize((0.5,), (0.5,))
+print(f"{'whole training set':<18}{'min':>9}{'max':>9}{'mean':>9}{'std':>9}")
+stats_row("after (0.5, 0.5)", half(before))
