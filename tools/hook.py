@@ -58,9 +58,11 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "stale": "Stale or missing recording", "missing_snippet": "Missing snippet", "missing_cell": "Missing cell",
         "recorded_on": "recorded on", "and_on": " and on ", "notebook": "notebook",
         "run_yourself": "Run this page's code yourself:",
+        "notebook_intro": "The whole of {file}, cell by cell, with what each cell printed; the cells its chapter "
+                          "folds are folded here too.",
         "copy_note": "A visible cell's copy button gives code that runs when you paste it after the file's setup and "
                      "the folded cells above it, in the page's order; each file also runs whole.",
-        "taught_in": "Taught in", "download": "Download", "colab": "Open in Colab",
+        "taught_in": "Taught in ", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
         "times_summary_header": "| Snippet | Device | Seconds | Slowest cell | Highest peak (MiB) |",
         "times_header": "| Cell | Seconds | Peak memory (MiB) | Measured as |",
@@ -85,6 +87,7 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
         "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
         "run_yourself": "自己运行本页的代码：",
+        "notebook_intro": "{file} 的全部内容，逐个单元列出，附上每个单元打印的输出；章节里折叠的单元，这里也折叠。",
         "copy_note": "可见单元的复制按钮给出的代码，按页面顺序粘贴在该文件的初始化单元和上方折叠的单元之后即可运行；"
                      "每个文件也可以整个直接运行。",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
@@ -243,11 +246,30 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
     return "\n\n".join(parts)
 
 
+SENTENCE = re.compile(r"(.+?[.;])(?:\s|$)|(.+)$", re.S)
+
+
+def opening_sentences(source: str) -> list[str]:
+    """The sentences of a cell's opening comment (its first lines that are comments), in order."""
+    lines = []
+    for line in source.lstrip("\n").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text, found = " ".join(lines).strip(), []
+    while text:
+        match = SENTENCE.match(text)
+        sentence = (match[1] or match[2]).strip()
+        found.append(sentence)
+        text = text[match.end():].strip()
+    return found
+
+
 def fold_label(source: str) -> str:
-    """What a folded cell holds, in its own words: the text of its first line when that line is a comment, else ''
-    (``# Helpers the cells below need: …`` gives ``Helpers the cells below need: …``)."""
-    first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
-    return first[1:].strip().replace('"', "'") if first.startswith("#") else ""
+    """What a folded cell holds, in its own words: the first sentence of its opening comment (``# Setup the cells
+    below need: imports, the device, …`` gives that sentence), or '' when it opens with code."""
+    sentences = opening_sentences(source)
+    return sentences[0].rstrip(".;").replace('"', "'") if sentences else ""
 
 
 def expand_cells(markdown: str, page) -> str:
@@ -343,11 +365,65 @@ def recorded_hardware(page) -> str:
     return "\n".join(rows) + "\n\n" + summary
 
 
+_folded: dict[str, dict[str, str]] = {}     # snippet → {cell: label} of the cells a chapter shows folded
+
+
+def on_pre_build(config):
+    """Which cells the chapters fold (``collapsed``), read once per build: notebook pages fold the same ones."""
+    _folded.clear()
+    for page in sorted(Path(config["docs_dir"]).rglob("*.md")):
+        if ".zh." in page.name:
+            continue
+        for match in CELL_MARKER.finditer(page.read_text(encoding="utf-8")):
+            if "collapsed" in match["flags"].split():
+                _folded.setdefault(match["snippet"], {})[match["cell"]] = ""
+    for name, folded in _folded.items():
+        path = snippets.SNIPPETS_DIR / f"{name}.py"
+        for cell in snippets.cells(path) if path.exists() else []:
+            if cell.name in folded:
+                folded[cell.name] = fold_label(cell.source)
+
+
+def _div_end(html_text: str, start: int) -> int:
+    """The index just past the </div> that closes the <div> starting at ``start``."""
+    depth = 0
+    for tag in re.finditer(r"<div\b|</div>", html_text[start:]):
+        depth += 1 if tag[0] == "<div" else -1
+        if depth == 0:
+            return start + tag.end()
+    return len(html_text)
+
+
+def fold_notebook_cells(output: str, page) -> str:
+    """A notebook page folds the code of the cells its chapter folds (setup, helpers, plotting), as the chapter does;
+    the outputs stay open. Cell i of the snippet is the notebook's code cell with id NAME-(i+2) (tools/notebooks.py:
+    the stamp and the Colab cell come first)."""
+    name = Path(page.file.src_uri).stem
+    path = snippets.SNIPPETS_DIR / f"{name}.py"
+    if name not in _folded or not path.exists():
+        return output
+    for index, cell in enumerate(snippets.cells(path)):
+        if cell.name not in _folded[name]:
+            continue
+        anchor = output.find(f'id="cell-id={name.replace("_", "-")}-{index + 2}"')
+        start = output.find('<div class="jp-Cell-inputWrapper"', anchor) if anchor >= 0 else -1
+        if start < 0:
+            continue
+        end = _div_end(output, start)
+        label = _folded[name][cell.name]
+        where = f"{path.name} · {cell.name}" + (f": {label}" if label else "")
+        summary = html.escape(t(page, "folded", where=where))
+        output = (f'{output[:start]}<details class="example notebook-fold"><summary>{summary}</summary>'
+                  f"{output[start:end]}</details>{output[end:]}")
+    return output
+
+
 def on_post_page(output, page, config):
-    """Notebook pages: only the stylesheet rules they use, and keyboard-scrollable code boxes. Chinese pages: the
-    search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the site's base."""
+    """Notebook pages: only the stylesheet rules they use, keyboard-scrollable code boxes, and the chapters' folds.
+    Chinese pages: the search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the
+    site's base."""
     if page.file.src_uri.startswith("notebooks/"):
-        output = notebook_pages.slim(output)
+        output = fold_notebook_cells(notebook_pages.slim(output), page)
     # mkdocs-static-i18n's <link rel="alternate" hreflang> tags point at this page in each edition; Material fetches
     # a sitemap.xml beside each of them (it expects edition roots) and gets 404s. The header's language switch
     # already links every page to its other edition.
@@ -451,17 +527,6 @@ def on_nav(nav, config, files):
     return nav
 
 
-def header_sentence(name: str) -> str:
-    """The first sentence of the snippet's opening comment: what the file shows."""
-    lines = []
-    for line in (snippets.SNIPPETS_DIR / f"{name}.py").read_text(encoding="utf-8").splitlines()[1:]:
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("#").strip())
-    text = " ".join(lines)
-    match = re.match(r"(.+?\.)(?:\s|$)", text)
-    return match[1] if match else text
-
 
 @event_priority(100)        # before Material's search plugin reads page.meta
 def on_page_context(context, page, config, nav):
@@ -487,10 +552,12 @@ def notebook_header(page, config) -> str:
         anchor = explicit[1] if explicit else slugify(plain, "-")
         url = get_relative_url(chapter.url, page.url) + (f"#{anchor}" if section else "")
         title = chapter.title + (("：" if lang(page) == "zh" else ": ") + plain if section else "")
-        taught = f' {t(page, "taught_in")} <a href="{html.escape(url)}">{html.escape(title)}</a>.'
+        zh = lang(page) == "zh"
+        taught = (f'{"" if zh else " "}{t(page, "taught_in")}<a href="{html.escape(url)}">{html.escape(title)}</a>'
+                  f'{"。" if zh else "."}')
     py = get_relative_url(f"snippets/{name}.py", page.url)
     return (f'<h1>{html.escape(page.title)}</h1>\n'
-            f'<p class="notebook-intro">{html.escape(header_sentence(name))}{taught}</p>\n'
+            f'<p class="notebook-intro">{t(page, "notebook_intro", file=f"<code>{name}.py</code>")}{taught}</p>\n'
             f'<nav class="notebook-links" aria-label="{t(page, "downloads_label")}">'
             f'<a class="md-button" href="{name}.ipynb" download>{t(page, "download")} {name}.ipynb</a> '
             f'<a class="md-button" href="{html.escape(py)}" download>{t(page, "download")} {name}.py</a> '
