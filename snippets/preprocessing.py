@@ -98,7 +98,7 @@ print(f"std  = {std:.4f}   (more digits: {std:.10f})")
 same = round(mean, 4) == 0.1307 and round(std, 4) == 0.3081
 print(f"Rounded to 4 decimals they are the lesson's constants: {same}")
 
-# %% verdict
+# %% stats-helpers
 # Helpers the next cells need: a one-line verdict on a mean and std, and a table row.
 ABOUT = 0.005  # "about": within this of 0 and of 1, the same to 2 decimals
 
