@@ -1,16 +1,13 @@
 # %% setup
-# Memory arithmetic for the lesson's MLPs: parameters, gradients, optimizer state, a
-# data batch and activations, every figure computed from real tensors
-# (numel() * element_size()), never typed in. Bytes are exact; KiB and MiB are
-# 1024-based. The last cells set the lesson's rounded figures beside the exact ones and
-# draw the five parts of a training step for SGD and Adam at batch 64 and 1024.
+# Setup the cells below need: imports, the device, MNIST, and the byte counters
+# tensor_bytes, show and optimizer_state_bytes. Bytes are exact (numel() *
+# element_size()); KiB and MiB are 1024-based.
 import contextlib
 import io
 import os
 import re
 import socket
 import sys
-import textwrap
 
 import matplotlib.pyplot as plt
 import torch
@@ -94,8 +91,33 @@ def show(label, n):
     print(f"{label:<44}{n:>10,} bytes = {n / 1024:>8.2f} KiB = {n / 2**20:.3f} MiB")
 
 
+def optimizer_state_bytes(optimizer):
+    """Bytes of every tensor the optimizer keeps in optimizer.state, by state name
+    and device."""
+    totals = {}
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                where = (key, value.device.type)
+                totals[where] = totals.get(where, 0) + tensor_bytes([value])
+    return totals
+
+
+def one_step(model, optimizer, batch_size=64):
+    """One training step on random images: creates the gradients and, at the
+    optimizer's first step, its state."""
+    images = torch.randn(batch_size, *model.input_shape, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+
+
 # %% models
+# The lesson's two MLPs from chapter 2 (MNIST and CIFAR-10), which the cells below use
 class MLP(nn.Module):  # the lesson's MNIST model: 1x28x28 -> 784 -> 128 -> 10
+    input_shape = (1, 28, 28)
+
     def __init__(self):
         super().__init__()
         self.flatten = nn.Flatten()
@@ -108,6 +130,8 @@ class MLP(nn.Module):  # the lesson's MNIST model: 1x28x28 -> 784 -> 128 -> 10
 
 
 class CifarMLP(nn.Module):  # the same MLP for CIFAR-10: 3x32x32 -> 3072 -> 128 -> 10
+    input_shape = (3, 32, 32)
+
     def __init__(self):
         super().__init__()
         self.flatten = nn.Flatten()
@@ -131,65 +155,33 @@ for name, m in [("MNIST MLP", model), ("CIFAR-10 MLP", cifar_model)]:
 
 # %% parameters-gradients
 param_bytes = tensor_bytes(model.parameters())
-# A gradient has exactly its parameter's shape and dtype; backward creates them, so
-# make them for real.
+# A gradient has its parameter's shape and dtype: run one backward and measure them.
 model(torch.randn(64, 1, 28, 28, device=device)).sum().backward()
 grad_bytes = tensor_bytes(p.grad for p in model.parameters())
 show("MNIST MLP parameters (float32)", param_bytes)
 show("their gradients (after one backward)", grad_bytes)
 show("parameters + gradients", param_bytes + grad_bytes)
 
-
 # %% optimizer-state
-def optimizer_state_bytes(optimizer):
-    """Bytes of every tensor the optimizer keeps in optimizer.state, by state name
-    and device."""
-    totals = {}
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                where = (key, value.device.type)
-                totals[where] = totals.get(where, 0) + tensor_bytes([value])
-    return totals
-
-
-dummy_images = torch.randn(64, 1, 28, 28, device=device)
-dummy_labels = torch.randint(0, 10, (64,), device=device)
-optimizer_bytes = {}
-print("optimizer.state after one step (each optimizer creates it at its first step):")
-for name, make in [
-    ("SGD", lambda ps: optim.SGD(ps, lr=0.01)),
-    ("SGD with momentum", lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9)),
-    ("Adam", lambda ps: optim.Adam(ps, lr=1e-3)),
-]:
+OPTIMIZERS = {
+    "SGD": lambda params: optim.SGD(params, lr=0.01),
+    "SGD with momentum": lambda params: optim.SGD(params, lr=0.01, momentum=0.9),
+    "Adam": lambda params: optim.Adam(params, lr=1e-3),
+}
+state_parts = {}  # optimizer -> {(state name, device): bytes}
+for name, make_optimizer in OPTIMIZERS.items():
     m = MLP().to(device)
-    optimizer = make(m.parameters())
-    optimizer.zero_grad()
-    nn.functional.cross_entropy(m(dummy_images), dummy_labels).backward()
-    optimizer.step()  # state is created lazily, at the first step
-    parts = optimizer_state_bytes(optimizer)
-    optimizer_bytes[name] = sum(parts.values())
-    show(f"{name}: optimizer.state", optimizer_bytes[name])
-    for (key, where), n in sorted(parts.items()):
+    optimizer = make_optimizer(m.parameters())
+    one_step(m, optimizer)  # the state is created lazily, at the first step
+    state_parts[name] = optimizer_state_bytes(optimizer)
+    show(f"{name}: optimizer.state", sum(state_parts[name].values()))
+    for (key, where), n in sorted(state_parts[name].items()):
         print(f"    {key:<15} on {where}: {n:>9,} bytes")
-adam_buffers = optimizer_bytes["Adam"] - 16
-assert adam_buffers == 2 * param_bytes
-assert optimizer_bytes["SGD with momentum"] == param_bytes
-print("Adam keeps two buffers per parameter (exp_avg, exp_avg_sq):")
-print(
-    f"2 x {param_bytes:,} = {2 * param_bytes:,} bytes, plus one 0-dimensional float32"
-)
-print("'step' counter per parameter tensor: 4 tensors x 4 bytes = 16 bytes.")
-print("(Unless Adam is 'capturable' or 'fused', PyTorch keeps those step counters on")
-print("the CPU even for a CUDA model.)")
 
 # %% data-batch
 image, label = train_dataset[0]
-images, labels = next(iter(DataLoader(train_dataset, batch_size=64, shuffle=False)))
+images, labels = next(iter(DataLoader(train_dataset, batch_size=64)))
 images, labels = images.to(device), labels.to(device)
-print(f"one image: shape {tuple(image.shape)}, {image.dtype}")
-print(f"a batch: images {tuple(images.shape)} {images.dtype}, ", end="")
-print(f"labels {tuple(labels.shape)} {labels.dtype}")
 show("one MNIST image (float32)", tensor_bytes([image]))
 show("a batch of 64 images", tensor_bytes([images]))
 show("its 64 labels (int64)", tensor_bytes([labels]))
@@ -202,11 +194,110 @@ with torch.no_grad():
     logits = model.layer2(model.relu(hidden))
 show(f"layer1 output at batch 1024 {tuple(hidden.shape)}", tensor_bytes([hidden]))
 show(f"logits at batch 1024 {tuple(logits.shape)}", tensor_bytes([logits]))
-print("What autograd really keeps for backward is a little more: the parts-chart cell")
-print("below measures it (memory_measured.py shows every saved tensor).")
+
+
+# %% parts-helpers
+# Helpers the parts chart below needs: the first MNIST batch of a size, the bytes
+# autograd saves in a forward pass (saved_tensors_hooks), and the table and chart.
+plt.rcParams["font.size"] = 10
+PARTS = [
+    "parameters",
+    "gradients",
+    "optimizer state",
+    "data batch",
+    "saved activations",
+]
+
+
+def first_batch(size):
+    """The first `size` MNIST images and labels, on the device."""
+    loader = DataLoader(train_dataset, batch_size=size, shuffle=False)
+    return [t.to(device) for t in next(iter(loader))]
+
+
+def saved_activation_bytes(model, images, labels):
+    """Bytes of the new storages autograd saves in one forward pass with the loss,
+    each storage once, leaving out the batch and the parameters (parts of their
+    own)."""
+    saved = {}  # storage address -> bytes
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t.detach()  # t itself would keep a saved output alive in a cycle
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.functional.cross_entropy(model(images), labels)
+    counted = [*model.parameters(), images, labels]
+    known = {t.untyped_storage().data_ptr() for t in counted}
+    del loss  # the graph and the saved tensors are freed with it
+    return sum(n for ptr, n in saved.items() if ptr not in known)
+
+
+def print_parts(parts):
+    """The five parts of each run, in bytes, and their sum."""
+    heads = ["optimizer", "batch", "parameters", "gradients", "opt. state"]
+    heads += ["data batch", "saved act.", "sum"]
+    widths = (-10, 5, 12, 11, 12, 12, 12, 11)
+    print(
+        "".join(f"{h:{'<' if w < 0 else '>'}{abs(w)}}" for h, w in zip(heads, widths))
+    )
+    for (name, size), values in parts.items():
+        cols = "".join(f"{v:>{w},}" for v, w in zip(values, widths[2:]))
+        print(f"{name:<10}{size:>5}{cols}{sum(values):>11,}")
+
+
+def draw_parts(parts):
+    """One stacked bar per run: the five parts, in MiB, added up."""
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    bars = [f"{name}, batch {size}" for name, size in parts]
+    left = [0.0] * len(bars)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
+    for index, (part, colour) in enumerate(zip(PARTS, colours)):
+        widths = [values[index] / 2**20 for values in parts.values()]
+        ax.barh(bars, widths, left=left, color=colour, label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlim(0, max(left) * 1.05)
+    ax.invert_yaxis()  # the first bar on top
+    ax.set_xlabel("MiB (2^20 bytes), the parts added up")
+    ax.set_ylabel("optimizer, batch size")
+    fig.legend(loc="outside lower center", ncols=3)
+    fig.suptitle("MNIST MLP: the five memory parts of a training step")
+    plt.show()
+
+
+# %% parts-chart
+# The five parts for SGD and Adam at batch 64 and 1024, from the cells above
+parts = {}  # (optimizer, batch size) -> bytes of each of the five parts
+for size in (64, 1024):
+    batch_images, batch_labels = first_batch(size)
+    data = tensor_bytes([batch_images, batch_labels])
+    saved = saved_activation_bytes(model, batch_images, batch_labels)
+    for name in ("SGD", "Adam"):
+        state = sum(state_parts[name].values())
+        parts[name, size] = [param_bytes, grad_bytes, state, data, saved]
+print_parts(parts)
+draw_parts(parts)
+
+# %% cifar
+# The same counts for the CIFAR-10 MLP (the cells above, with the bigger model)
+cifar_params = tensor_bytes(cifar_model.parameters())
+cifar_image = torch.zeros(3, 32, 32)  # CIFAR-10 is never downloaded: only its shape
+cifar_count = sum(p.numel() for p in cifar_model.parameters())
+print(f"CIFAR-10 MLP: {cifar_count:,} parameters")
+show("parameters (float32)", cifar_params)
+show("one CIFAR-10 image 3x32x32 (float32)", tensor_bytes([cifar_image]))
+show("a batch of 64 images", 64 * tensor_bytes([cifar_image]))
+with torch.no_grad():
+    cifar_hidden = cifar_model.layer1(torch.zeros(1024, 3072, device=device))
+shape = tuple(cifar_hidden.shape)
+show(f"layer1 output at batch 1024 {shape}", tensor_bytes([cifar_hidden]))
+layer1 = sum(p.numel() for p in cifar_model.layer1.parameters())  # weights and bias
+print(f"layer1 holds {layer1 / cifar_count:.1%} of the parameters")
 
 
 # %% lesson-vs-exact
+# The errata table: each figure the lesson states beside the exact bytes of the cells
+# above, in KiB and kB, with a verdict
 def matches(lesson_figure, exact):
     """Does `exact` round to the lesson's figure at the lesson's number of significant
     digits?"""
@@ -214,6 +305,8 @@ def matches(lesson_figure, exact):
     return float(f"{exact:.{digits}g}") == lesson_figure
 
 
+adam = state_parts["Adam"]
+adam_buffers = sum(n for (key, _), n in adam.items() if key != "step")
 rows = [
     ("parameters", 403, param_bytes),
     ("gradients", 403, grad_bytes),
@@ -253,97 +346,24 @@ for item, said, exact in rows:
     if verdict == VERDICTS[False, False]:
         neither.append(said)
 script = " / ".join(f"{exact / 2**20:.2f}" for _, _, exact in rows[:3] + rows[5:6])
-print("The lesson's own script divides by 1024*1024 and prints 'MB': those are MiB,")
-print(textwrap.fill(f"and its {script} are right. {prose_text(neither)}", 84))
+print(f"the lesson's script, bytes / 1024**2 ('MB'): {script}")
+print(prose_text(neither))
 
-# %% cifar
-cifar_params = tensor_bytes(cifar_model.parameters())
-cifar_image = torch.zeros(3, 32, 32)  # CIFAR-10 is never downloaded: only its shape
-cifar_model(cifar_image.unsqueeze(0).to(device)).sum().backward()
-cifar_count = sum(p.numel() for p in cifar_model.parameters())
-print(f"CIFAR-10 MLP: {cifar_count:,} parameters")
-show("parameters (float32)", cifar_params)
-show("gradients", tensor_bytes(p.grad for p in cifar_model.parameters()))
-show("Adam state (2 buffers, no step counters)", 2 * cifar_params)
-show("one CIFAR-10 image 3x32x32 (float32)", tensor_bytes([cifar_image]))
-show("a batch of 64 images", 64 * tensor_bytes([cifar_image]))
-with torch.no_grad():
-    cifar_hidden = cifar_model.layer1(torch.zeros(1024, 3072, device=device))
-shape = tuple(cifar_hidden.shape)
-show(f"layer1 output at batch 1024 {shape}", tensor_bytes([cifar_hidden]))
-layer1 = sum(p.numel() for p in cifar_model.layer1.parameters())  # weights and bias
-share = layer1 / cifar_count
-print(f"layer1 holds {share:.1%} of the parameters: the input width (3072 vs 784)")
-print("drives the size.")
+# %% exercise-cifar-optimizers
+cifar_model(torch.zeros(64, 3, 32, 32, device=device)).sum().backward()
+show("CIFAR-10 MLP gradients", tensor_bytes(p.grad for p in cifar_model.parameters()))
+for name in ("Adam", "SGD with momentum"):
+    m = CifarMLP().to(device)
+    optimizer = OPTIMIZERS[name](m.parameters())
+    one_step(m, optimizer)
+    state = optimizer_state_bytes(optimizer)
+    show(f"CIFAR-10 MLP, {name}", sum(state.values()))
+    for (key, where), n in sorted(state.items()):
+        print(f"    {key:<15} on {where}: {n:>9,} bytes")
+    buffers = sum(n for (key, _), n in state.items() if key != "step")
+    print(f"    {'buffers only':<15} {'':<7} {buffers:>9,} bytes (no step counters)")
 
-
-# %% parts-chart
-# The five parts of a training step's memory, for SGD and Adam at batch 64 and 1024:
-# parameters, gradients and optimizer state from the cells above; a real MNIST batch
-# (images + labels); and the activations autograd saves for backward, measured with
-# saved_tensors_hooks, each storage once, leaving out the batch and the parameters
-# (counted as parts of their own), as memory_measured.py does.
-plt.rcParams["font.size"] = 10
-
-
-def saved_activation_bytes(images, labels):
-    """Bytes of the new storages autograd saves in one forward pass with the loss."""
-    saved = {}  # storage address -> bytes
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t.detach()  # t itself would keep a saved output alive in a cycle
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = nn.functional.cross_entropy(model(images), labels)
-    counted = [*model.parameters(), images, labels]  # parts of their own
-    known = {t.untyped_storage().data_ptr() for t in counted}
-    del loss  # the graph and the saved tensors are freed with it
-    return sum(n for ptr, n in saved.items() if ptr not in known)
-
-
-PARTS = [
-    "parameters",
-    "gradients",
-    "optimizer state",
-    "data batch",
-    "saved activations",
-]
-parts = {}  # (optimizer, batch size) -> bytes of each part
-for size in (64, 1024):
-    loader = DataLoader(train_dataset, batch_size=size, shuffle=False)
-    batch_images, batch_labels = (t.to(device) for t in next(iter(loader)))
-    data = tensor_bytes([batch_images, batch_labels])
-    saved = saved_activation_bytes(batch_images, batch_labels)
-    for name in ("SGD", "Adam"):
-        state = optimizer_bytes[name]
-        parts[name, size] = [param_bytes, grad_bytes, state, data, saved]
-
-print(
-    f"{'optimizer':<10}{'batch':>5}{'parameters':>12}{'gradients':>11}"
-    f"{'opt. state':>12}{'data batch':>12}{'saved act.':>12}{'sum':>11}"
-)
-for (name, size), values in parts.items():
-    cols = "".join(f"{v:>{w},}" for v, w in zip(values, (12, 11, 12, 12, 12)))
-    print(f"{name:<10}{size:>5}{cols}{sum(values):>11,}")
-print("(bytes; the five parts are never all alive at one moment: the gradients appear")
-print("at backward, when the saved activations are freed, so a step's peak is lower)")
-
-fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
-bars = [f"{name}, batch {size}" for name, size in parts]
-left = [0.0] * len(bars)
-colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
-for index, (part, colour) in enumerate(zip(PARTS, colours)):
-    widths = [values[index] / 2**20 for values in parts.values()]
-    ax.barh(bars, widths, left=left, color=colour, label=part)
-    left = [a + b for a, b in zip(left, widths)]
-for y, values in enumerate(parts.values()):
-    ax.text(left[y] + 0.05, y, f"{sum(values):,} bytes", va="center")
-ax.set_xlim(0, max(left) * 1.4)
-ax.invert_yaxis()  # the first bar on top
-ax.set_xlabel("MiB (2^20 bytes), the parts added up")
-ax.set_ylabel("optimizer, batch size")
-fig.legend(loc="outside lower center", ncols=3)
-ax.set_title("Counted from tensors; the parts are never all alive at once", size=10)
-fig.suptitle("MNIST MLP: the five memory parts of a training step")
-plt.show()
+# %% exercise-bfloat16
+half = MLP().to(device, torch.bfloat16)
+show("MNIST MLP parameters in bfloat16", tensor_bytes(half.parameters()))
+show("a batch of 64 images in bfloat16", tensor_bytes([images.to(torch.bfloat16)]))

@@ -1,9 +1,7 @@
 # %% setup
-# Memory measured at each phase of one training step (model loaded, batch moved,
-# forward, backward, optimizer step) for SGD and Adam at batch 64 and 1024, beside the
-# arithmetic, plus what autograd really saves for backward. On CUDA the numbers come
-# from PyTorch's allocator; on the CPU (which has no allocator statistics) they are
-# counted from tensor sizes. Bytes are exact; KiB and MiB are 1024-based.
+# Setup the cells below need: imports, the device, the model, MNIST's first 1024
+# images, and the byte counters. On CUDA the numbers also come from PyTorch's
+# allocator; on the CPU (no allocator statistics) they are counted from tensor sizes.
 import contextlib
 import gc
 import io
@@ -16,6 +14,14 @@ import textwrap
 import torch
 import torch.nn as nn
 import torch.optim as optim
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -115,6 +121,18 @@ def cuda_memory():
     )
 
 
+def fresh_baseline():
+    """On CUDA: free the cache, set the peak back and return what is allocated now
+    (the baseline the phases are measured above); on the CPU: 0."""
+    if not ALLOCATOR:
+        return 0
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return cuda_memory()[0]
+
+
 normalize = transforms.Normalize((0.1307,), (0.3081,))
 transform = transforms.Compose([transforms.ToTensor(), normalize])
 train_dataset = load_mnist(True, transform)
@@ -129,26 +147,9 @@ if ALLOCATOR:  # warm-up: the first matmul allocates cuBLAS's workspace
     torch.cuda.synchronize()
 
 
-# %% saved-tensors
-def forward_recording_saved(model, images, labels):
-    """Forward + loss while recording every tensor autograd saves for backward:
-    (the operation that made it or None, shape, dtype, storage address, bytes)."""
-    saved = []
-
-    def pack(t):
-        made_by = t.grad_fn.name().removesuffix("Backward0") if t.grad_fn else None
-        storage = t.untyped_storage()
-        saved.append(
-            (made_by, tuple(t.shape), t.dtype, storage.data_ptr(), storage.nbytes())
-        )
-        return t.detach()  # t itself would keep a saved output alive in a cycle
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output = model(images)
-        loss = criterion(output, labels)
-    return output, loss, saved
-
-
+# %% saved-helpers
+# Helpers the next cell needs: sort what autograd saved into storages, say what each
+# is and which backward node keeps it, and print that table
 def classify(model, images, labels, saved):
     """For each unique saved storage: what it is and whether it is new memory (not a
     parameter or the batch)."""
@@ -183,123 +184,135 @@ def who_saved(loss):
     return names
 
 
+def print_saved(model, images, labels, saved, loss):
+    """Each saved storage once: what it is, its shape, dtype and bytes, who keeps it;
+    then the new memory."""
+    distinct = len({ptr for *_, ptr, _ in saved})
+    print(
+        f"Batch {len(images)}: autograd saved {len(saved)} tensors, in {distinct}",
+        end="",
+    )
+    print(" storages")
+    print(f"  {'what it is':<25} {'shape':<12} {'bytes':>9}  saved by (backward node)")
+    saved_by = who_saved(loss)
+    storages = classify(model, images, labels, saved)
+    for ptr, (what, shape, _, size, _) in storages.items():
+        nodes = ", ".join(saved_by.get(ptr, ["?"])).replace("Backward0", "")
+        print(f"  {what:<25} {str(shape):<12} {size:>9,}  {nodes}")
+    new = sum(size for *_, size, known in storages.values() if not known)
+    print(f"New memory autograd keeps at batch {len(images)}: ", end="")
+    print(f"{new:,} bytes = {new / 1024:.2f} KiB")
+
+
+# %% saved-tensors
+saved = []  # every tensor autograd saves: (made by, shape, dtype, storage, bytes)
+
+
+def pack(t):  # autograd calls this each time it saves a tensor for backward
+    made_by = t.grad_fn.name().removesuffix("Backward0") if t.grad_fn else None
+    storage = t.untyped_storage()
+    saved.append(
+        (made_by, tuple(t.shape), t.dtype, storage.data_ptr(), storage.nbytes())
+    )
+    return t.detach()  # t itself would keep a saved output alive in a cycle
+
+
 torch.manual_seed(0)
 model = MLP().to(device)
 images, labels = mnist_images.to(device), mnist_labels.to(device)
-output, loss, saved = forward_recording_saved(model, images, labels)
-saved_by = who_saved(loss)
-distinct = len({ptr for *_, ptr, _ in saved})
-n_saved = len(saved)
-print(
-    f"Batch 1024: autograd saved {n_saved} tensors for backward, in {distinct} storages"
-)
-print("(each storage once; under it, the backward nodes that keep it):")
-print(f"  {'what it is':<26} {'shape':<12} {'dtype':<14} {'storage bytes':>13}")
-storages = classify(model, images, labels, saved)
-for ptr, (what, shape, dtype, size, _) in storages.items():
-    print(f"  {what:<26} {str(shape):<12} {str(dtype):<14} {size:>13,}")
-    print(f"      saved by {', '.join(saved_by.get(ptr, ['?']))}")
-new_bytes = sum(size for *_, size, known in storages.values() if not known)
-kib = new_bytes / 1024
-print(f"New memory autograd keeps at batch 1024: {new_bytes:,} bytes = {kib:.2f} KiB")
-print("(the lesson counts 512 KiB = 524,288 bytes: the layer1 output)")
-say(
-    "Why: layer1's matmul saves its input, a view of the batch (no new memory; it "
-    "skips its weight because the batch needs no gradient). ReLU saves its output, "
-    "and layer2 saves that same tensor as its input, plus a view of its weight (a "
-    "parameter). Cross-entropy is log_softmax + nll_loss: log_softmax saves its output "
-    "(1024 x 10 floats), nll_loss saves it again, the labels and a 4-byte total "
-    "weight. The layer1 output before ReLU is saved by nobody and is freed as soon as "
-    "ReLU has run; the logits are kept only by our variable."
-)
-del output, loss, saved, model, images, labels  # free them before the measurements
+with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    output = model(images)
+    loss = criterion(output, labels)
+print_saved(model, images, labels, saved, loss)
+del output, loss, model, images, labels  # free them before the next cells
+
 
 # %% phases
+# The measuring the next cells need: StepMeter, a context manager that measures a
+# training step from outside through hooks, the tables it prints, the optimizers
 OPTIMIZERS = {
-    "SGD": lambda ps: optim.SGD(ps, lr=0.01),
-    "Adam": lambda ps: optim.Adam(ps, lr=1e-3),
+    "SGD": lambda params: optim.SGD(params, lr=0.01),
+    "Adam": lambda params: optim.Adam(params, lr=1e-3),
 }
 
 
-def measure_step(optimizer_name, batch_size):
-    """One training step, phase by phase: counted tensor bytes (and on CUDA the
-    allocator's figures)."""
-    if ALLOCATOR:
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    baseline = cuda_memory()[0] if ALLOCATOR else 0
-    rows = []
+class StepMeter:
+    """Measures one training step at four moments its hooks see: the model's forward
+    begins ('batch moved'), the loss module returns ('forward'), optimizer.step()
+    begins ('backward') and ends ('optimizer step'). It counts the bytes of the
+    tensors alive then, part by part (saved_tensors_hooks finds what autograd saves);
+    on CUDA it also reads the allocator's counters."""
 
-    def record(phase, counted):
+    PHASES = ("batch moved", "forward", "backward", "optimizer step")
+
+    def __enter__(self):
+        self.baseline = fresh_baseline()
+        self.parts, self.cuda, self.saved, self.known = {}, {}, {}, set()
+        self.depth, self.seen_model = 0, False
+        self.hooks = contextlib.ExitStack()
+        for handle in (
+            register_module_forward_pre_hook(self.module_starts),
+            register_module_forward_hook(self.module_returns),
+            register_optimizer_step_pre_hook(self.step_starts),
+            register_optimizer_step_post_hook(self.step_ends),
+        ):
+            self.hooks.callback(handle.remove)
+        saving = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.hooks.enter_context(saving)
+        return self
+
+    def __exit__(self, *error):
+        self.hooks.close()
+        p = self.parts
+        fixed = p["params"] + p["batch"]
+        counted = {
+            "batch moved": fixed,
+            "forward": fixed + p["activations"] + p["kept"],
+            "backward": fixed + p["grads"] + p["kept"],
+            "optimizer step": fixed + p["grads"] + p["state"] + p["kept"],
+        }
+        self.rows = [(ph, counted[ph], *self.cuda.get(ph, ())) for ph in self.PHASES]
+
+    def read(self, phase):
         if ALLOCATOR:
             allocated, peak, reserved = cuda_memory()
-            rows.append(
-                (phase, counted, allocated - baseline, peak - baseline, reserved)
-            )
-        else:
-            rows.append((phase, counted))
+            base = self.baseline
+            self.cuda[phase] = (allocated - base, peak - base, reserved)
 
-    torch.manual_seed(0)
-    model = MLP().to(device)
-    params = nbytes(model.parameters())
-    record("model loaded", params)
-    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
-    images = mnist_images[:batch_size].to(device)
-    labels = mnist_labels[:batch_size].to(device)
-    batch = nbytes([images, labels])
-    record("batch moved", params + batch)
-    optimizer.zero_grad()
-    output, loss, saved = forward_recording_saved(model, images, labels)
-    storages = classify(model, images, labels, saved).values()
-    activations = sum(size for *_, size, known in storages if not known)
-    del saved, storages  # our record must not keep the saved tensors alive
-    kept = nbytes([output, loss])  # logits and loss: our variables keep them alive
-    record("forward", params + batch + activations + kept)
-    loss.backward()  # frees the saved tensors, creates the gradients
-    grads = nbytes(p.grad for p in model.parameters())
-    record("backward", params + grads + batch + kept)
-    optimizer.step()  # the optimizer state appears at the first step
-    state = [
-        v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
-    ]
-    state = nbytes(state)
-    record("optimizer step", params + grads + state + batch + kept)
-    parts = dict(params=params, grads=grads, state=state, batch=batch)
-    parts.update(activations=activations, kept=kept)
-    return rows, parts, baseline
+    def pack(self, t):
+        storage = t.untyped_storage()
+        self.saved[storage.data_ptr()] = storage.nbytes()  # each storage once
+        return t.detach()
 
+    def module_starts(self, module, args):
+        self.depth += 1
+        if self.depth == 1 and not self.seen_model:  # the model, called on the batch
+            self.seen_model = True
+            params = list(module.parameters())
+            self.known |= {t.untyped_storage().data_ptr() for t in [*params, args[0]]}
+            self.parts["params"], self.parts["batch"] = nbytes(params), nbytes(args)
+            self.read("batch moved")
 
-# %% table
-results = {}
-for optimizer_name in OPTIMIZERS:
-    for batch_size in (64, 1024):
-        rows, parts, baseline = measure_step(optimizer_name, batch_size)
-        results[optimizer_name, batch_size] = (rows, parts)
-        print(f"{optimizer_name}, batch {batch_size}")
-        if ALLOCATOR:
-            say(
-                f"(CUDA allocator; already allocated before this step: {baseline:,} "
-                "bytes, e.g. cuBLAS's workspace; 'allocated' and 'peak' below are "
-                "above that)",
-                indent="  ",
-            )
-            print(f"  {'phase':<15} {'counted bytes':>14} {'allocated':>14}", end="")
-            print(f" {'peak':>14} {'reserved':>14}")
-            for phase, counted, allocated, peak, reserved in rows:
-                print(f"  {phase:<15} {counted:>14,} {allocated:>14,}", end="")
-                print(f" {peak:>14,} {reserved:>14,}")
-        else:
-            print("  (CPU: counted from tensor sizes, not an allocator)")
-            print(f"  {'phase':<15} {'counted bytes':>14} {'KiB':>10}")
-            for phase, counted in rows:
-                print(f"  {phase:<15} {counted:>14,} {counted / 1024:>10.1f}")
-        first = f"parameters {parts['params']:,} | gradients {parts['grads']:,}"
-        first += f" | optimizer state {parts['state']:,}"
-        then = f"batch {parts['batch']:,} | saved activations {parts['activations']:,}"
-        then += f" | logits + loss {parts['kept']:,}"
-        print(f"  parts: {first}\n         {then}")
+    def module_returns(self, module, args, output):
+        self.depth -= 1
+        if self.depth == 0 and torch.is_tensor(output) and output.dim() == 0:  # loss
+            logits, labels = args
+            self.known.add(labels.untyped_storage().data_ptr())
+            self.parts["batch"] += nbytes([labels])
+            new = [n for ptr, n in self.saved.items() if ptr not in self.known]
+            self.parts["activations"] = sum(new)
+            self.parts["kept"] = nbytes([logits, output])  # held by the step's names
+            self.read("forward")
+
+    def step_starts(self, optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.parts["grads"] = nbytes(p.grad for p in params if p.grad is not None)
+        self.read("backward")
+
+    def step_ends(self, optimizer, args, kwargs):
+        state = [v for s in optimizer.state.values() for v in s.values()]
+        self.parts["state"] = nbytes(v for v in state if torch.is_tensor(v))
+        self.read("optimizer step")
 
 
 def allocator_note(rows):
@@ -325,26 +338,53 @@ def allocator_note(rows):
     return f"{first}; 'peak' is never above 'allocated': no temporary was seen."
 
 
-if ALLOCATOR:
-    say(allocator_note([row for rows, _ in results.values() for row in rows]))
+def print_phases(results):
+    """The phase table: on the CPU one column of counted bytes per run; on CUDA a
+    block per run with the allocator's figures above the baseline beside them."""
+    if not ALLOCATOR:
+        print("counted bytes at each phase (CPU: from tensor sizes, not an allocator)")
+        runs = [f"{name} {size}" for name, size in results]
+        print(f"{'phase':<15}" + "".join(f"{run:>12}" for run in runs))
+        for i, phase in enumerate(StepMeter.PHASES):
+            counts = "".join(f"{m.rows[i][1]:>12,}" for m in results.values())
+            print(f"{phase:<15}{counts}")
+        return
+    for (name, size), meter in results.items():
+        print(f"{name}, batch {size} (CUDA allocator, above {meter.baseline:,} bytes)")
+        print(f"  {'phase':<15} {'counted bytes':>14} {'allocated':>14}", end="")
+        print(f" {'peak':>14} {'reserved':>14}")
+        for phase, counted, allocated, peak, reserved in meter.rows:
+            print(f"  {phase:<15} {counted:>14,} {allocated:>14,}", end="")
+            print(f" {peak:>14,} {reserved:>14,}")
+    say(allocator_note([row for m in results.values() for row in m.rows]))
+
+
+# %% table
+def train_one_step(make_optimizer, batch_size):
+    """A fresh model, one ordinary training step on the first MNIST images."""
+    torch.manual_seed(0)
+    model = MLP().to(device)
+    optimizer = make_optimizer(model.parameters())
+    images = mnist_images[:batch_size].to(device)
+    labels = mnist_labels[:batch_size].to(device)
+    optimizer.zero_grad()
+    output = model(images)
+    loss = criterion(output, labels)
+    loss.backward()
+    optimizer.step()
+
+
+results = {}  # (optimizer, batch size) -> what the meter saw
+for name, make_optimizer in OPTIMIZERS.items():
+    for batch_size in (64, 1024):
+        with StepMeter() as meter:  # measures through hooks, around the step
+            train_one_step(make_optimizer, batch_size)
+        results[name, batch_size] = meter
+print_phases(results)
+
 
 # %% summary
-cpu_note = " - CPU: counted from tensor sizes, not an allocator"
-print("Summary (bytes)" + ("" if ALLOCATOR else cpu_note))
-heads = [("params", "+ grads"), ("opt.", "state"), ("batch", "data")]
-heads += [("saved", "activations"), ("after", "forward"), ("after", "step")]
-heads += [("CUDA", "peak")] if ALLOCATOR else []
-widths = (10, 10, 11, 13, 11, 11, 11)
-print(f"{'optimizer':<11}" + "".join(f"{a:>{w}}" for (a, _), w in zip(heads, widths)))
-print(f"{'batch':>11}" + "".join(f"{b:>{w}}" for (_, b), w in zip(heads, widths)))
-for (optimizer_name, batch_size), (rows, parts) in results.items():
-    sizes = [parts["params"] + parts["grads"], parts["state"], parts["batch"]]
-    sizes += [parts["activations"], rows[2][1], rows[4][1]]
-    sizes += [max(r[3] for r in rows)] if ALLOCATOR else []
-    cols = "".join(f"{n:>{w},}" for n, w in zip(sizes, widths))
-    print(f"{optimizer_name:<5}{batch_size:>6}{cols}")
-
-
+# The parts of each run side by side, and which part is the biggest
 def biggest_items(batch_size, parts):
     """Which part of an Adam step at this batch size is the biggest, and Adam's state
     against the saved activations, in words that fit the numbers."""
@@ -382,4 +422,20 @@ def biggest_items(batch_size, parts):
     return f"At batch {batch_size} {first}; {second}."
 
 
-say(biggest_items(1024, results["Adam", 1024][1]))
+KEYS = ["params", "grads", "state", "batch", "activations", "kept"]
+heads = [("", "params"), ("", "grads"), ("opt.", "state")]
+heads += [("batch", "data"), ("saved", "act."), ("logits", "+ loss")]
+heads += [("CUDA", "peak")] if ALLOCATOR else []
+print(f"{'optimizer':<11}" + "".join(f"{a:>11}" for a, _ in heads))
+print(f"{'batch':>11}" + "".join(f"{b:>11}" for _, b in heads))
+for (name, size), meter in results.items():
+    sizes = [meter.parts[k] for k in KEYS]
+    sizes += [max(row[3] for row in meter.rows)] if ALLOCATOR else []
+    print(f"{name:<5}{size:>6}" + "".join(f"{n:>11,}" for n in sizes))
+say(biggest_items(1024, results["Adam", 1024].parts))
+
+# %% exercise-batch-256
+with StepMeter() as meter:
+    train_one_step(OPTIMIZERS["Adam"], 256)
+print(f"batch 256: saved activations {meter.parts['activations']:,} bytes")
+print_phases({("Adam", 256): meter})

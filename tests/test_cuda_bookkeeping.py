@@ -199,12 +199,13 @@ def test_batch_size_effects_prints_the_peak_of_each_batch_size(tmp_path):
 
 
 def test_memory_measured_stores_the_allocator_at_each_phase(tmp_path):
-    """One reset at the start of each step, the counters read and stored at every phase: a phase's peak is at least
-    what is allocated then and never below an earlier phase's; Adam's step allocates at least its state, SGD's
-    nothing. The tables and the summary's CUDA peak (the most of any phase) print those stored numbers."""
+    """One reset as each StepMeter is entered, the counters read and stored by its hooks at every phase: a phase's
+    peak is at least what is allocated then and never below an earlier phase's; Adam's step allocates at least its
+    state, SGD's nothing. The tables and the summary's CUDA peak (the most of any phase) print those stored
+    numbers."""
     out, standin = run_standin("memory_measured", tmp_path, {
-        "rows": "[[o, b, [list(r) for r in rows]] for (o, b), (rows, _) in results.items()]",
-        "state": "[parts['state'] for rows, parts in results.values()]"})
+        "rows": "[[o, b, [list(r) for r in m.rows]] for (o, b), m in results.items()]",
+        "state": "[m.parts['state'] for m in results.values()]"}, last="summary")
     runs = standin["probes"]["rows"]
     assert [(o, b) for o, b, _ in runs] == [("SGD", 64), ("SGD", 1024), ("Adam", 64), ("Adam", 1024)]
     printed = re.findall(r"^  ([a-z ]+?) +([\d,]+) +([\d,]+) +([\d,]+) +([\d,]+)$", out["table"], re.M)
@@ -214,10 +215,10 @@ def test_memory_measured_stores_the_allocator_at_each_phase(tmp_path):
         r"^(SGD|Adam) +(\d+)(?: +[\d,]+){6} +([\d,]+)$", out["summary"], re.M)}
     for (optimizer, batch, rows), state in zip(runs, standin["probes"]["state"]):
         phases = [row[0] for row in rows]
-        assert phases == ["model loaded", "batch moved", "forward", "backward", "optimizer step"]
+        assert phases == ["batch moved", "forward", "backward", "optimizer step"]
         allocated, peaks = [row[2] for row in rows], [row[3] for row in rows]
         assert all(p >= a > 0 for a, p in zip(allocated, peaks)) and peaks == sorted(peaks), (optimizer, batch)
-        step_allocated = allocated[4] - allocated[3]
+        step_allocated = allocated[3] - allocated[2]
         assert step_allocated >= state > 0 if optimizer == "Adam" else step_allocated == state == 0
         assert summary[optimizer, batch] == max(peaks)
 
