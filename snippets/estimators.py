@@ -1,4 +1,5 @@
 # %% setup
+# Setup the cells below need: imports, the device, the MLP, the first MNIST batches.
 # What torchsummary and torchinfo estimate for the MNIST MLP at batch 64 and 1024,
 # against the peak memory of a training step with Adam, and what each estimate counts
 # and leaves out. The peak memory of a training step: the largest total of tensor bytes
@@ -129,7 +130,8 @@ if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated before we measure
     del images, labels
     torch.cuda.synchronize()
 
-# %% torchsummary-estimate
+# %% estimate-helpers
+# Helpers the cells below need: each library's estimate, captured and rebuilt in bytes.
 SIZES = "Input size|Forward/backward pass size|Params size|Estimated Total Size"
 LINE = re.compile(rf"^({SIZES}) \(MB\): ([0-9.]+)$", re.M)
 
@@ -182,19 +184,6 @@ def summary_text(total, exact):
     )
 
 
-summary_bytes, summary_outputs, summary_printed = {}, {}, {}
-for batch_size in BATCHES:
-    lines = torchsummary_estimate(batch_size)
-    data, summary_outputs[batch_size], params = torchsummary_formula(batch_size)
-    exact = summary_bytes[batch_size] = data + summary_outputs[batch_size] + params
-    print(f"torchsummary, batch {batch_size}:")
-    for name, value in lines.items():
-        print(f"  {name} (MB): {value:.2f}")
-    summary_printed[batch_size] = lines["Estimated Total Size"]
-    print(summary_text(summary_printed[batch_size], exact))
-
-
-# %% torchinfo-estimate
 def in_mb(printed, exact):
     """Is a printed "MB" figure these exact bytes in 10^6 bytes, to its 2 decimals?"""
     return f"{exact / MB:.2f}" == f"{printed:.2f}"
@@ -234,6 +223,21 @@ def outputs_text(batch_size, counted):
     )
 
 
+# %% torchsummary-estimate
+summary_bytes, summary_outputs, summary_printed = {}, {}, {}
+for batch_size in BATCHES:
+    lines = torchsummary_estimate(batch_size)  # what torchsummary.summary printed
+    data, summary_outputs[batch_size], params = torchsummary_formula(batch_size)
+    exact = summary_bytes[batch_size] = data + summary_outputs[batch_size] + params
+    print(f"torchsummary, batch {batch_size}:")
+    for name, value in lines.items():
+        print(f"  {name} (MB): {value:.2f}")
+    summary_printed[batch_size] = lines["Estimated Total Size"]
+    print(summary_text(summary_printed[batch_size], exact))
+    parts = f"input {data:,} + forward/backward {summary_outputs[batch_size]:,}"
+    print(f"  = {parts} + params {params:,}")
+
+# %% torchinfo-estimate
 info_bytes, info_outputs, info_printed = {}, {}, {}
 for batch_size in BATCHES:
     shape = (batch_size, 1, 28, 28)
@@ -243,13 +247,10 @@ for batch_size in BATCHES:
     info_printed[batch_size] = float(line.rsplit(":", 1)[1])
     total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
     info_bytes[batch_size], info_outputs[batch_size] = total, stats.total_output_bytes
-    data = batch_size * 784 * 4
-    header = stats.total_input - data
+    header = stats.total_input - batch_size * 784 * 4  # sys.getsizeof's object header
     print(f"torchinfo, batch {batch_size}: {line}")
     print(info_text(info_printed[batch_size], total))
-    inputs = f"total_input {stats.total_input:,}"
-    print(f"  = {inputs} (the input's {data:,} data bytes + {header} bytes of a Python")
-    print("    object: sys.getsizeof of its storage)")
+    print(f"  = total_input {stats.total_input:,} (data + {header} bytes of header)")
     print(f"    + total_output_bytes {stats.total_output_bytes:,}")
     print(f"    + total_param_bytes {stats.total_param_bytes:,}")
 print(outputs_text(64, info_outputs[64]))
@@ -291,64 +292,119 @@ def cuda_memory():
     return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
 
 
-def training_step_peak(batches, baseline=None):
-    """Peak memory of a training step: the largest total of tensor bytes alive at one
-    moment over two training steps with Adam, from a fresh model.
-    CUDA: max_memory_allocated() above `baseline` (default: what is allocated now).
-    CPU: bytes counted after each event (batch to device, forward with the loss,
-    backward, optimizer step, zero_grad).
-    Returns (bytes, the event of the CPU peak or None on CUDA)."""
-    if ALLOCATOR:
-        if baseline is None:
-            baseline = cuda_memory()[0]
-        torch.cuda.reset_peak_memory_stats()
-    torch.manual_seed(0)
-    model = MLP().to(device)
-    optimizer = optim.Adam(model.parameters(), lr=1e-3)
-    images = labels = output = loss = None
-    saved, counts = {}, []  # saved: storage address -> bytes
+class StepMemory:
+    """The peak memory of the training steps run inside `with`, measured around them:
+    the loop itself stays a plain training loop.
+    CUDA: the caching allocator's counters. Cached blocks are given back first, so that
+    every measurement starts from the same reserved memory, and the peaks are reset:
+    .peak is max_memory_allocated() above `baseline` (default: what is allocated when
+    the `with` starts); max_memory_reserved() is then this measurement's own.
+    CPU, which has no such counters: watch() hooks count the bytes of the parameters,
+    gradients, optimizer state, batch, logits, loss and what autograd saved for
+    backward (each storage once) after each event: forward with the loss (the loss's
+    forward hook), backward (the optimizer's step pre-hook) and the optimizer step (its
+    post-hook). Moving the batch and zero_grad are not counted: neither is ever the
+    peak, the forward adds to the first and the second only frees. .peak is the most
+    bytes, .event the first event that had them (None on CUDA)."""
 
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    def __init__(self, baseline=None):
+        self.baseline, self.counts, self.hooks = baseline, [], []
+        self.peak = self.event = self.saving = None
+
+    def __enter__(self):
+        if ALLOCATOR:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # to measure, not to recover (see above)
+            if self.baseline is None:
+                self.baseline = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def watch(self, model, criterion, optimizer):
+        """CPU: count the bytes alive after each event of these three's steps."""
+        if ALLOCATOR:
+            return  # the allocator counts every byte by itself
+        self.model, self.optimizer, self.step = model, optimizer, 0
+        self.images = self.labels = self.output = self.loss = None
+        self.saved = {}  # storage address -> bytes, what autograd saved for backward
+        self.hooks = [
+            model.register_forward_pre_hook(self.batch_arrived),
+            criterion.register_forward_hook(self.loss_computed),
+            optimizer.register_step_pre_hook(self.backward_done),
+            optimizer.register_step_post_hook(self.stepped),
+        ]
+        self.saving = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.saving.__enter__()
+
+    def pack(self, t):
+        self.saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t.detach()  # t itself would keep a saved output alive in a cycle
 
-    def count(event):
-        if not ALLOCATOR:
-            params = list(model.parameters())
-            state = [
-                v
-                for s in optimizer.state.values()
-                for v in s.values()
-                if torch.is_tensor(v)
-            ]
-            tensors = [
-                *params,
-                *(p.grad for p in params),
-                *state,
-                images,
-                labels,
-                output,
-                loss,
-            ]
-            counts.append((counted_bytes(tensors, saved), event))
+    def batch_arrived(self, model, args):
+        self.step, self.images = self.step + 1, args[0]
 
-    for step, (images, labels) in enumerate(batches, start=1):
-        images, labels = images.to(device), labels.to(device)
-        count(f"{step}: batch to device")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def loss_computed(self, criterion, args, loss):
+        self.output, self.labels, self.loss = args[0], args[1], loss
+        self.count("forward")  # with the loss
+
+    def backward_done(self, optimizer, args, kwargs):
+        self.saved.clear()  # backward frees what autograd saved
+        self.count("backward")
+
+    def stepped(self, optimizer, args, kwargs):
+        self.count("optimizer step")
+
+    def count(self, event):
+        params = list(self.model.parameters())
+        state = self.optimizer.state.values()
+        tensors = [
+            *params,
+            *(p.grad for p in params),
+            *(v for s in state for v in s.values() if torch.is_tensor(v)),
+            self.images,
+            self.labels,
+            self.output,
+            self.loss,
+        ]
+        sizes = {  # each storage once
+            t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+            for t in tensors
+            if t is not None
+        }
+        sizes.update((ptr, n) for ptr, n in self.saved.items() if ptr not in sizes)
+        self.counts.append((sum(sizes.values()), f"{self.step}: {event}"))
+
+    def __exit__(self, *exception):
+        for hook in self.hooks:
+            hook.remove()
+        if self.saving is not None:
+            self.saving.__exit__(*exception)
+        if ALLOCATOR:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.baseline
+        elif self.counts:
+            self.peak, self.event = max(self.counts, key=lambda c: c[0])  # the first
+        return False
+
+
+def training_step_peak(batches, baseline=None):
+    """Peak memory of a training step: the most tensor bytes alive at one moment over
+    two plain training steps with Adam, from a fresh model; StepMemory measures them.
+    Returns (bytes, the event of the CPU peak or None on CUDA)."""
+    with StepMemory(baseline) as memory:  # CUDA: from here, the model included
+        torch.manual_seed(0)
+        model = MLP().to(device)
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+        memory.watch(model, criterion, optimizer)  # CPU: hooks that count bytes
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
             output = model(images)
             loss = criterion(output, labels)
-        count(f"{step}: forward")  # with the loss
-        loss.backward()
-        saved.clear()  # backward frees what autograd saved
-        count(f"{step}: backward")
-        optimizer.step()
-        count(f"{step}: optimizer step")
-        optimizer.zero_grad()  # set_to_none=True: the gradients are freed
-        count(f"{step}: zero_grad")
-    if ALLOCATOR:
-        return cuda_memory()[1] - baseline, None
-    return max(counts, key=lambda c: c[0])  # the first event with the most bytes
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return memory.peak, memory.event
 
 
 def mnist_batches(batch_size):
@@ -430,6 +486,7 @@ if not ALLOCATOR:
 gc.collect()
 
 # %% compare
+# The estimates and the measured peak side by side (formatting only).
 kind = "peak (CUDA allocator)" if ALLOCATOR else "peak (counted bytes)"
 print(f"{'batch':>5} {'torchsummary':>13} {'torchinfo':>10} {kind:>22}", end="")
 print(f" {'peak/summary':>13} {'peak/info':>10}")
@@ -457,32 +514,6 @@ def legend(summary_ok, info_ok):
     return f"(bytes) torchsummary: {summary}; torchinfo: {info}."
 
 
-def what_each_counts(summary_ok, info_ok):
-    """How each estimator counts, for those whose printed totals the formulas above
-    gave at every batch size."""
-    if summary_ok:
-        summary = (
-            "torchsummary: the input (4 bytes a number) + twice the output of every "
-            "module it hooks (Flatten, Linear, ReLU, Linear: 784 + 128 + 128 + 10 "
-            "numbers a sample; Flatten's output is a view of the input and costs "
-            "nothing) + the parameters once, at 4 bytes each."
-        )
-    else:
-        summary = (
-            "torchsummary: not the formula above, which does not give what it printed."
-        )
-    if info_ok:
-        info = (
-            "torchinfo: the input (sys.getsizeof of its storage: data + a Python "
-            "object header) + twice the outputs of the layers that have parameters "
-            "only (Linear 128 + 10 numbers a sample; ReLU and Flatten are skipped) + "
-            "the parameters once, at their real element size."
-        )
-    else:
-        info = "torchinfo: not the sum above, which does not give what it printed."
-    return [summary, info]
-
-
 summary_ok = all(in_mib(summary_printed[b], summary_bytes[b]) for b in BATCHES)
 info_ok = all(
     in_mb(info_printed[b], info_bytes[b])
@@ -490,24 +521,21 @@ info_ok = all(
     for b in BATCHES
 )
 say(legend(summary_ok, info_ok))
-print("What each counts:")
-for text in what_each_counts(summary_ok, info_ok):
-    say(text, "  ", "    ")
-say(
-    "What both leave out: the parameters' gradients (their x2 is for the layer "
-    "outputs, not the weights), the optimizer's state (Adam: 2 x the parameters), the "
-    "labels, and on a GPU the CUDA context, cuBLAS's workspace and the allocator's "
-    "rounding to 512-byte blocks and its cached segments.",
-    "",
-    "  ",
+
+
+# %% exercise-wider
+# Answer: torchsummary on the same MLP with 256 hidden units instead of 128.
+wider = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    torchsummary.summary(wider.to(device), (1, 28, 28), 64, device=device.type)
+print(next(row for row in printed.getvalue().splitlines() if "Params size" in row))
+count = sum(p.numel() for p in wider.parameters())
+print(
+    f"{count:,} parameters x 4 bytes = {4 * count:,} bytes = {4 * count / MiB:.4f} MiB"
 )
-b = max(BATCHES)
-say(
-    f"Their 'forward/backward pass' part at batch {b}: torchsummary "
-    f"{summary_outputs[b]:,} bytes, torchinfo {info_outputs[b]:,}; what autograd "
-    f"really keeps for backward: {kept_by_autograd[b]:,} bytes (ReLU's output, the "
-    "log-softmax output and a 4-byte weight total; layer1's output before ReLU is "
-    "freed as soon as ReLU has run).",
-    "",
-    "  ",
-)
+
+# %% exercise-batch-256
+# Answer: torchinfo's forward/backward part (total_output_bytes) at batch 256.
+stats = torchinfo.summary(model, input_size=(256, 1, 28, 28), device=device, verbose=0)
+print(f"torchinfo at batch 256: total_output_bytes {stats.total_output_bytes:,}")

@@ -1,4 +1,5 @@
 # %% setup
+# Setup the cells below need: imports, the device, the MLP and the three witnesses.
 # What a GPU holds besides your tensors: the CUDA context, cuBLAS's workspace and the
 # caching allocator's cache, step by step, as three witnesses see it: PyTorch's
 # allocator (memory_allocated, memory_reserved), the driver (torch.cuda.mem_get_info)
@@ -123,72 +124,55 @@ if device.type == "cuda":
 else:
     say(
         "No CUDA device: the CUDA context, cuBLAS workspace and caching allocator "
-        "exist only on a GPU; recorded on the CPU, this snippet shows the process's "
-        "own memory instead."
+        "exist only on a GPU; this run shows the process's resident memory instead."
     )
     record("after import")
     rss = rows[-1]["rss"]
     print(f"CPU: resident memory (RSS) after importing torch: {rss:,} bytes")
     print(f"     = {rss / MiB:.1f} MiB")
 
-# %% context
-if device.type == "cuda":
-    torch.cuda.init()  # PyTorch's CUDA state; the driver makes the context on first use
-    tiny = torch.zeros(1, device=device)  # the first tensor: the context now exists
-    record("context + 1 tensor")
+
+# %% report
+# Helpers the cells below need: what each step prints, on a GPU and on the CPU.
+def allocated():
+    """memory_allocated() on a GPU; 0 on the CPU, which has no allocator counter."""
+    return torch.cuda.memory_allocated() if device.type == "cuda" else 0
+
+
+def show_context():
+    """The context's size: nvidia-smi minus reserved (GPU); nothing to show (CPU)."""
+    if device.type != "cuda":
+        print("CPU: no CUDA context; a CPU tensor comes from the process's heap.")
+        return
     row = rows[-1]
     total, reserved = row["total"], row["reserved"]
     print(f"GPU memory in all (mem_get_info total): {total:,} bytes")
-    print(f"  = {total / MiB:,.0f} MiB")
-    say(
-        f"PyTorch: allocated {row['allocated']:,} bytes (a 4-byte tensor rounded up to "
-        f"one 512-byte block), reserved {reserved:,} bytes (the segment the allocator "
-        f"asked CUDA for: {reserved / MiB:g} MiB)"
-    )
+    print(f"memory_allocated {row['allocated']:,} bytes, memory_reserved {reserved:,}")
     if row["smi"] is not None:
         context = row["smi"] * MiB - reserved
         say(f"nvidia-smi, this process: {row['smi']} MiB ({row['how']})")
-        say(
-            f"So the CUDA context alone is about {context:,} bytes = "
-            f"{context / MiB:.0f} MiB: nvidia-smi minus what PyTorch reserved"
-        )
+        print(f"CUDA context (nvidia-smi - reserved): about {context / MiB:.0f} MiB")
     else:
         say(f"nvidia-smi, this process: {row['how']}")
-    say(
-        "Device-wide (mem_get_info: total - free, every process and the driver): "
-        f"{row['used']:,} bytes = {row['used'] / MiB:,.0f} MiB"
-    )
+    print(f"Device-wide (mem_get_info: total - free): {row['used']:,} bytes")
     loading = os.environ.get("CUDA_MODULE_LOADING", "(not set)")
-    say(
-        f"CUDA_MODULE_LOADING={loading}: kernels are loaded into the context when "
-        "first used, so the context grows a little as new operations run"
-    )
-else:
-    say(
-        "CPU: there is no CUDA context to create; a CPU tensor's memory comes from the "
-        "process's ordinary heap."
-    )
-    tiny = torch.zeros(1)
-
-# %% model
-model = MLP().to(device)
-param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-record("model")
-count = len(list(model.parameters()))
-print(f"The MLP's parameters: {param_bytes:,} bytes in {count} tensors")
-if device.type == "cuda":
-    change = rows[-1]["allocated"] - rows[-2]["allocated"]
-    say(
-        f"memory_allocated grew by {change:,} bytes (each tensor rounded up to a "
-        f"multiple of 512 bytes); memory_reserved is now {rows[-1]['reserved']:,} bytes"
-    )
-else:
-    rss, grown = rows[-1]["rss"], rows[-1]["rss"] - rows[-2]["rss"]
-    print(f"CPU: RSS after the model: {rss:,} bytes ({grown:+,} since the import;")
-    print("     RSS moves in whole 4 KiB pages)")
+    print(f"CUDA_MODULE_LOADING={loading}")
 
 
-# %% first-matmul
+def show_change():
+    """What the last step changed: the allocator's counters (GPU) or the RSS (CPU)."""
+    before, after = rows[-2], rows[-1]
+    since = f"since '{before['step']}'"
+    if device.type == "cuda":
+        grown = after["allocated"] - before["allocated"]
+        print(f"memory_allocated {after['allocated']:,} bytes ({grown:+,} {since})")
+        grown = after["reserved"] - before["reserved"]
+        print(f"memory_reserved  {after['reserved']:,} bytes ({grown:+,} {since})")
+    else:
+        rss, grown = after["rss"], after["rss"] - before["rss"]
+        print(f"CPU: RSS {rss:,} bytes ({grown:+,} {since})")
+
+
 def workspace_config_bytes(config):
     """Bytes that a CUBLAS_WORKSPACE_CONFIG such as ':4096:8' asks for: the sum of
     SIZE_KiB * COUNT pairs."""
@@ -225,17 +209,18 @@ def outside_text(outside):
     )
 
 
-images = torch.randn(1024, 1, 28, 28, device=device)  # memory depends on the shape only
-record("batch of 1024")
-hidden = model.layer1(model.flatten(images))  # the process's first matrix multiply
-del hidden  # keep only what the matmul left behind
-record("first matmul")
-if device.type == "cuda":
+def show_first_matmul(batch_bytes):
+    """The first matmul's jump: cuBLAS's workspace (GPU); the RSS since the model
+    (CPU, the batch included)."""
     before, after = rows[-2], rows[-1]
+    if device.type != "cuda":
+        rss, grown = after["rss"], after["rss"] - rows[-3]["rss"]
+        print(f"CPU: RSS {rss:,} bytes ({grown:+,} bytes since the model,")
+        print(f"     the batch of {batch_bytes:,} bytes included)")
+        return
     workspace = after["allocated"] - before["allocated"]
     grown = after["reserved"] - before["reserved"]
-    print("After the first matmul (its output deleted):")
-    print(f"  memory_allocated {workspace:+,} bytes, memory_reserved {grown:+,} bytes")
+    print(f"memory_allocated {workspace:+,} bytes, memory_reserved {grown:+,} bytes")
     say(workspace_text(workspace))
     config = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if config:
@@ -244,33 +229,15 @@ if device.type == "cuda":
     else:
         major, _ = torch.cuda.get_device_capability(device)
         default = 32 * MiB if major >= 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
-        say(
-            "CUBLAS_WORKSPACE_CONFIG is not set: recent PyTorch releases then use "
-            f"{default:,} bytes on a GPU of compute capability {major}.x (32 MiB from "
-            "Hopper, 9.x, on; 8 MiB + 128 KiB before)"
-        )
+        print(f"CUBLAS_WORKSPACE_CONFIG not set: default {default:,} bytes", end="")
+        print(f" on compute capability {major}.x")
     # fp32_precision, not allow_tf32 (deprecated)
     precision = getattr(torch.backends.cuda.matmul, "fp32_precision", "n/a")
-    say(
-        f"torch.backends.cuda.matmul.fp32_precision = {precision!r} (only 'tf32' lets "
-        "cuBLAS use TF32 for float32 matrix multiplies)"
-    )
+    print(f"torch.backends.cuda.matmul.fp32_precision = {precision!r}")
     if after["smi"] is not None and before["smi"] is not None:
         say(outside_text((after["smi"] - before["smi"]) * MiB - grown))
-else:
-    say(
-        "CPU: no cuBLAS here; the matmul runs in the CPU BLAS library, and its buffers "
-        "are ordinary process memory."
-    )
-    rss, grown = rows[-1]["rss"], rows[-1]["rss"] - rows[-3]["rss"]
-    batch_bytes = images.numel() * images.element_size()
-    say(
-        f"CPU: RSS after the first forward matmul: {rss:,} bytes ({grown:+,} bytes "
-        f"since the model, the batch of {batch_bytes:,} bytes included)"
-    )
 
 
-# %% training-step
 def step_text(made, grown):
     """CPU: the bytes of the tensors the step made against the RSS's growth."""
     tensors = (
@@ -288,35 +255,21 @@ def step_text(made, grown):
     )
 
 
-optimizer = optim.Adam(model.parameters(), lr=1e-3)
-labels = torch.randint(0, 10, (1024,), device=device)
-output = model(images)
-loss = nn.functional.cross_entropy(output, labels)
-loss.backward()  # autograd runs this on its own thread for a CUDA device
-optimizer.step()  # Adam's two state tensors per parameter appear here
-record("training step")
-if device.type == "cuda":
-    before, after = rows[-2], rows[-1]
-    allocated, reserved = after["allocated"], after["reserved"]
-    grown = allocated - before["allocated"], reserved - before["reserved"]
-    print("One Adam step at batch 1024:")
-    print(f"  memory_allocated {allocated:,} bytes ({grown[0]:+,})")
-    print(f"  memory_reserved  {reserved:,} bytes ({grown[1]:+,})")
-else:
+def show_step(optimizer, *made):
+    """The step's change: the allocator's counters (GPU); the RSS against the bytes
+    of the tensors the step made (CPU)."""
+    if device.type == "cuda":
+        show_change()
+        return
     state = optimizer.state.values()
     state = [v for s in state for v in s.values() if torch.is_tensor(v)]
-    grads = [p.grad for p in model.parameters()]
-    new_tensors = [*grads, labels, output, loss, *state]
-    made = sum(t.numel() * t.element_size() for t in new_tensors)
+    grads = [p.grad for p in optimizer.param_groups[0]["params"]]
+    made = sum(t.numel() * t.element_size() for t in [*grads, *made, *state])
     rss, grown = rows[-1]["rss"], rows[-1]["rss"] - rows[-2]["rss"]
-    say(
-        f"CPU: RSS after one Adam step at batch 1024: {rss:,} bytes ({grown:+,} bytes "
-        "since the first matmul)"
-    )
+    print(f"CPU: RSS {rss:,} bytes ({grown:+,} bytes since the first matmul)")
     say(step_text(made, grown))
 
 
-# %% block-rounding
 def rounding_text(one, odd):
     """What memory_allocated's growth for a 1-byte and a 513-byte tensor shows."""
     if (one, odd) == (512, 1024):
@@ -330,26 +283,63 @@ def rounding_text(one, odd):
     )
 
 
-allocated = torch.cuda.memory_allocated if device.type == "cuda" else (lambda: 0)
+def show_rounding(tensors, grown):
+    """memory_allocated's growth per tensor (GPU); the storages' exact bytes (CPU)."""
+    if device.type == "cuda":
+        for t, n in zip(tensors, grown):
+            print(f"a {t.numel():,}-byte tensor: memory_allocated {n:+,} bytes")
+        say(rounding_text(*grown))
+        return
+    sizes = [t.untyped_storage().nbytes() for t in tensors]
+    say(
+        f"CPU: the two storages hold exactly {sizes[0]} and {sizes[1]:,} bytes "
+        "(no allocator counter to read)"
+    )
+
+
+# %% context
+# The first tensor on a GPU makes the driver create this process's CUDA context.
+tiny = torch.zeros(1, device=device)
+record("context + 1 tensor")
+show_context()
+
+# %% model
+model = MLP().to(device)
+param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+record("model")
+count = len(list(model.parameters()))
+print(f"The MLP's parameters: {param_bytes:,} bytes in {count} tensors")
+show_change()
+
+# %% first-matmul
+images = torch.randn(1024, 1, 28, 28, device=device)  # memory depends on the shape only
+record("batch of 1024")
+hidden = model.layer1(model.flatten(images))  # the process's first matrix multiply
+del hidden  # keep only what the matmul left behind
+record("first matmul")
+show_first_matmul(images.numel() * images.element_size())
+
+# %% training-step
+optimizer = optim.Adam(model.parameters(), lr=1e-3)
+labels = torch.randint(0, 10, (1024,), device=device)
+output = model(images)
+loss = nn.functional.cross_entropy(output, labels)
+loss.backward()  # autograd runs this on its own thread for a CUDA device
+optimizer.step()  # Adam's two state tensors per parameter appear here
+record("training step")
+show_step(optimizer, labels, output, loss)
+
+# %% block-rounding
 start = allocated()
 one_byte = torch.empty(1, dtype=torch.uint8, device=device)
 after_one = allocated()
 odd = torch.empty(513, dtype=torch.uint8, device=device)
 after_odd = allocated()
-if device.type == "cuda":
-    print(f"a 1-byte tensor:   memory_allocated {after_one - start:+,} bytes")
-    print(f"a 513-byte tensor: memory_allocated {after_odd - after_one:+,} bytes")
-    say(rounding_text(after_one - start, after_odd - after_one))
-else:
-    sizes = one_byte.untyped_storage().nbytes(), odd.untyped_storage().nbytes()
-    say(
-        f"CPU: the two storages hold exactly {sizes[0]} and {sizes[1]:,} bytes; "
-        "PyTorch keeps no allocator counter for the CPU, so its rounding cannot be "
-        "read here (on a GPU: +512 and +1,024 bytes of memory_allocated)"
-    )
+show_rounding([one_byte, odd], [after_one - start, after_odd - after_one])
 
 
 # %% adds-up
+# The whole history as a table, then where the memory is at the end (formatting only).
 def rounded(tensors):
     """Bytes the caching allocator gives these tensors on the GPU: each storage rounded
     up to 512 bytes."""
@@ -430,17 +420,11 @@ else:
     for row in rows:
         print(f"{row['step']:<20} {row['rss']:>14,} {row['rss'] - previous:>+12,}")
         previous = row["rss"]
-    say(
-        "CPU: resident memory counts whole pages of everything in the process (Python, "
-        "libraries, the BLAS's buffers, freed memory the C allocator keeps), not "
-        "tensors. On a GPU this table shows nvidia-smi, mem_get_info, reserved and "
-        "allocated side by side, and their differences are the CUDA context, cuBLAS's "
-        "workspace and the allocator's cache."
-    )
 
 
 # %% nested-boxes
-# The witnesses above as nested boxes, each inside the next: on a GPU, allocated ⊂
+# Plotting code: the witnesses above drawn as nested boxes, each inside the next.
+# On a GPU, allocated ⊂
 # reserved ⊂ what nvidia-smi shows for this process ⊂ the device's memory. Without a
 # GPU, the same picture from the CPU fallback's numbers: our tensors ⊂ the process's
 # resident memory ⊂ the machine's memory. Box areas are to scale when the smallest box
@@ -538,6 +522,7 @@ print(f"Drawn with {scale}.")
 plt.show()
 
 # %% cache-released-under-pressure
+# A GPU-only experiment: a freed block stays cached, yet is released when needed.
 # memory_reserved stays up after a tensor is freed (the block is cached), but the cache
 # is not lost to PyTorch: when an allocation does not fit, the caching allocator frees
 # its cached blocks that are not split and retries before it raises out-of-memory, also
@@ -607,16 +592,4 @@ if device.type == "cuda":
         "release by itself on failure."
     )
 else:
-    say(
-        "CPU fallback: there is no caching allocator on the CPU (a freed CPU tensor "
-        "goes back to the C heap), so there is no cache to release and nothing to "
-        "measure here."
-    )
-    print()
-    say(
-        "On a GPU this cell limits the process with set_per_process_memory_fraction, "
-        "frees a large tensor (memory_reserved stays up: the block is cached), then "
-        "allocates a bigger one that fits only if that cached block is released, "
-        "with no empty_cache() call, and prints memory_stats()' num_alloc_retries "
-        "and num_device_free to show that the allocator released it and retried."
-    )
+    print("CPU fallback: no caching allocator, so nothing to measure here.")

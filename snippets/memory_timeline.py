@@ -1,4 +1,5 @@
 # %% setup
+# Setup the cells below need: imports, the device, the MLP, two real MNIST batches.
 # Memory over two full training steps of the MNIST MLP, event by event (model loaded,
 # batch to the device, forward, backward, optimizer step, zero_grad), for SGD and Adam
 # at batch 1024 on real MNIST batches. On CUDA the bytes are PyTorch's
@@ -124,6 +125,7 @@ print(f"Two batches of {images.shape[0]} MNIST images:")
 print(f"images {tuple(images.shape)} float32, labels {tuple(labels.shape)} int64")
 
 # %% events
+# Measuring code: two training steps per optimizer, memory recorded after each event.
 OPTIMIZERS = {
     "SGD": lambda ps: optim.SGD(ps, lr=0.01),
     "Adam": lambda ps: optim.Adam(ps, lr=1e-3),
@@ -215,11 +217,7 @@ if device.type == "cuda":
             "alone."
         )
 else:
-    say(
-        "CPU: counted bytes, not an allocator: parameters + gradients + optimizer "
-        "state + batch + what autograd saved for backward (unique storages) + logits "
-        "and loss"
-    )
+    print("CPU: no allocator history; bytes are counted from the live tensors.")
 
 
 def history_text(optimizer_name, logs):
@@ -243,6 +241,7 @@ if history:
     torch.cuda.memory._record_memory_history(enabled=None)  # stop recording
 
 # %% timeline
+# Prints the two timelines side by side, and Adam's highest point (formatting only).
 if device.type == "cuda":
     unit = "bytes: memory_allocated above the start"
 else:
@@ -257,121 +256,16 @@ top = f"{timelines['Adam'][highest]:,} bytes at '{EVENTS[highest]}'"
 if device.type == "cpu":
     say(
         f"Adam's highest point: {top}. That is the peak memory of a training step "
-        "(counted tensor bytes), as batch_size_search.py, batch_size_effects.py and "
-        "estimators.py measure it."
+        "(counted tensor bytes)."
     )
 else:
     say(
-        f"Adam's highest memory_allocated at an event: {top}. The peak memory of a "
-        "training step in the other snippets is max_memory_allocated(), which also "
-        "catches tensors that live only between two events."
+        f"Adam's highest memory_allocated at an event: {top} (the peak memory of a "
+        "training step is max_memory_allocated(), which sees between events too)."
     )
-
-
-def change(name, event):
-    """Bytes added at an event (negative: freed)."""
-    index = EVENTS.index(event)
-    return timelines[name][index] - timelines[name][index - 1]
-
-
-def zero_grad_text(drop):
-    """What zero_grad did, from the bytes it freed."""
-    if drop > 0:
-        return (
-            "Gradients appear at the first backward and stay until zero_grad, which by "
-            f"default sets them to None: memory drops by {drop:,} bytes, and they come "
-            "back at the next backward."
-        )
-    return (
-        f"zero_grad freed no memory here ({-drop:+,} bytes): the gradients stay "
-        "between steps."
-    )
-
-
-def state_text(adam_first, sgd_first, adam_second):
-    """What Adam's two optimizer steps added, against SGD's first."""
-    if adam_first <= sgd_first:
-        return (
-            f"Adam's first optimizer step added no more than SGD's ({adam_first:+,} "
-            f"bytes; SGD: {sgd_first:+,}): no state of its own appeared."
-        )
-    appears = (
-        f"Adam's state appears at the first optimizer step (+{adam_first:,} bytes; "
-        f"SGD: {sgd_first:+,})"
-    )
-    if adam_second == 0:
-        return f"{appears} and stays: at step 2 Adam adds {adam_second:+,}."
-    return f"{appears}; at step 2 its step changes memory again, by {adam_second:+,}."
-
-
-def replaced_text(added):
-    """The second batch's arrival: it replaces the first only if nothing is added."""
-    if added == 0:
-        return (
-            "At '2: batch to device' the new batch replaces the old one (freed when "
-            f"the variable is reassigned): {added:+,} bytes."
-        )
-    return (
-        f"At '2: batch to device' memory changes by {added:+,} bytes: the new batch "
-        "does not simply replace the old one."
-    )
-
-
-def created_text(sgd, adam):
-    """What creating each optimizer cost."""
-    if sgd == adam == 0:
-        return (
-            f"Creating the optimizer costs nothing yet (SGD {sgd:+,}, Adam {adam:+,}): "
-            "Adam makes its state lazily, at its first step."
-        )
-    return (
-        f"Creating the optimizer already costs memory (SGD {sgd:+,}, Adam "
-        f"{adam:+,}), before its first step."
-    )
-
-
-def end_text(more, state):
-    """Adam's lead over SGD at the end against what Adam's first step added beyond
-    SGD's (its state)."""
-    if more == state:
-        return (
-            "Activations come and go with each forward and backward; at the end Adam "
-            f"holds {more:,} bytes more than SGD: its state."
-        )
-    return (
-        "Activations come and go with each forward and backward; at the end Adam "
-        f"holds {more:,} bytes more than SGD, which is not its state ({state:,} bytes)."
-    )
-
-
-for step in (1, 2):
-    forward = change("Adam", f"{step}: forward")
-    backward = change("Adam", f"{step}: backward")
-    zero_grad = change("Adam", f"{step}: zero_grad")
-    say(
-        f"Step {step}: forward {forward:+,} bytes (activations autograd keeps, logits, "
-        f"loss); backward {backward:+,} (gradients in, saved activations out); "
-        f"zero_grad {zero_grad:+,}"
-    )
-say(zero_grad_text(-change("SGD", "1: zero_grad")))
-adam_first = change("Adam", "1: optimizer step")
-sgd_first = change("SGD", "1: optimizer step")
-say(state_text(adam_first, sgd_first, change("Adam", "2: optimizer step")))
-if device.type == "cpu":
-    say(
-        "(on the CPU that includes Adam's four 4-byte step counters, which a CUDA "
-        "model keeps in host memory)"
-    )
-say(replaced_text(change("SGD", "2: batch to device")))
-say(
-    created_text(
-        change("SGD", "optimizer created"), change("Adam", "optimizer created")
-    )
-)
-more = timelines["Adam"][-1] - timelines["SGD"][-1]
-say(end_text(more, adam_first - sgd_first))
 
 # %% chart
+# Plotting code: the two timelines as a step chart, each level held to the next event.
 MiB = 2**20
 plt.rcParams["font.size"] = 10
 fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
@@ -390,3 +284,12 @@ else:
 ax.grid(True, axis="y", alpha=0.3)
 ax.legend()
 plt.show()
+
+# %% exercise-momentum
+# Answer: the same two steps with SGD and momentum=0.9, beside plain SGD.
+OPTIMIZERS["SGD momentum"] = lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9)
+momentum, _ = two_steps("SGD momentum")
+highest = max(range(len(EVENTS)), key=lambda i: momentum[i])
+print(f"SGD with momentum: highest {momentum[highest]:,} bytes at '{EVENTS[highest]}'")
+print(f"plain SGD:         highest {max(timelines['SGD']):,} bytes")
+print(f"at the end, momentum holds {momentum[-1] - timelines['SGD'][-1]:,} bytes more")

@@ -19,13 +19,7 @@ def test_gpu_overhead_falls_back_on_the_cpu_and_says_so(recorded):
 
 def test_gpu_overhead_allocator_cell_has_a_labelled_cpu_fallback(recorded):
     text = cell_output(recorded("gpu_overhead"), "cache-released-under-pressure")
-    paragraphs = [prose(p) for p in text.strip().split("\n\n")]
-    assert len(paragraphs) == 2, text
-    assert paragraphs[0].startswith("CPU fallback: there is no caching allocator on the CPU")
-    assert "nothing to measure here" in paragraphs[0]
-    assert paragraphs[1].startswith("On a GPU this cell")
-    assert "with no empty_cache() call" in paragraphs[1] and "num_alloc_retries" in paragraphs[1]
-    assert not re.search(r"\d", text)                                   # no numbers: nothing was measured
+    assert text.strip() == "CPU fallback: no caching allocator, so nothing to measure here."   # the prose explains
 
 
 def test_gpu_overhead_allocator_cell_releases_the_cache_without_empty_cache():
@@ -58,7 +52,7 @@ def test_memory_timeline_over_two_steps(recorded):
     assert highest[0] == "2: forward" and highest[1][1] > rows["1: forward"][1]
     assert (f"Adam's highest point: {highest[1][1]:,} bytes at '2: forward'. That is the peak memory of a "
             f"training step (counted tensor bytes)") in prose(table)
-    chart = rec["cells"][-1]
+    chart = next(c for c in rec["cells"] if c["name"] == "chart")
     assert chart["figures"] and "Memory over two training steps" in chart["figure_descriptions"][0]
 
 
@@ -80,7 +74,6 @@ def test_estimators_against_counted_bytes(recorded):
     assert "peak (counted bytes)" in compare
     assert re.search(r"^\s+64\s+1,145,384\s+678,504\s+1,832,116\s+1\.60\s+2\.70$", compare, re.M)
     assert re.search(r"^\s+1024\s+12,219,944\s+4,748,904\s+5,046,928\s+0\.41\s+1\.06$", compare, re.M)
-    assert "What both leave out: the parameters' gradients" in prose(compare)
 
 
 def test_gpu_overhead_nested_boxes_cpu_fallback_says_so(recorded):
