@@ -20,7 +20,8 @@ def run_recorder(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subpr
 
 @pytest.fixture(scope="session")
 def lesson_outputs(tmp_path_factory) -> Path:
-    """Every snippet of the lesson recorded afresh on the CPU with the real MNIST; the folder of recordings.
+    """Every snippet of the lesson recorded afresh on the CPU with the real MNIST, as many at once as there are CPUs;
+    the folder of recordings.
     With LESSON_RECORDED=FOLDER (a folder holding cpu/NAME.json, such as docs/outputs) those are used instead:
     quicker while editing one snippet, never what CI does."""
     data = Path(os.environ["LESSON_DATA"])
@@ -35,7 +36,7 @@ def lesson_outputs(tmp_path_factory) -> Path:
     if os.environ.get("LESSON_RECORDED"):  # a folder of recordings made already (e.g. docs/outputs), reused
         return Path(os.environ["LESSON_RECORDED"]).resolve()
     out = tmp_path_factory.mktemp("outputs")
-    process = run_recorder("--device", "cpu", "--force", "--out", str(out))
+    process = run_recorder("--device", "cpu", "--force", "--jobs", str(os.cpu_count() or 1), "--out", str(out))
     assert process.returncode == 0, process.stdout + process.stderr
     return out
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib import metadata
 
 import pytest
@@ -373,3 +374,20 @@ def test_recording_timing_cells_on_a_busy_machine_warns_first(project, monkeypat
         assert "timings recorded on a busy machine (load per CPU above 0.5): timed (0.93)" in err   # again, at the end
     assert recording(project, "timed")["environment"]["load_per_cpu"] == load
     assert recording(project)["environment"]["load_per_cpu"] == load
+
+
+def test_jobs_record_snippets_at_once_each_in_its_own_process(project):
+    """--jobs 3: two snippets that each sleep 2 s run at the same time, in separate processes (their sleeps overlap),
+    every recording and notebook is written, and a failing snippet fails the run by name."""
+    for name in ("one", "two"):
+        (project / "snippets" / f"{name}.py").write_text(
+            "# %% setup\nimport os, time\nstart = time.time()\ntime.sleep(2)\n"
+            "print(os.getpid(), start, time.time())\n")
+    (project / "snippets" / "bad.py").write_text("# %% setup\nraise ValueError('bad on purpose')\n")
+    process = record(project, "--jobs", "3", "one", "two", "bad")
+    assert process.returncode == 1 and "failed: bad" in process.stdout, process.stdout + process.stderr
+    (pid1, start1, end1), (pid2, start2, end2) = (recording(project, name)["cells"][0]["stdout"].split()
+                                                  for name in ("one", "two"))
+    assert pid1 != pid2
+    assert float(start1) < float(end2) and float(start2) < float(end1)       # the two sleeps overlapped
+    assert (project / "notebooks" / "one.ipynb").exists() and (project / "notebooks" / "two.ipynb").exists()

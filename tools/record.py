@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import json
 import os
 import shutil
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="record even when the recording is current")
     parser.add_argument("--check", action="store_true", help="run nothing; exit 1 if a recording is stale/missing")
     parser.add_argument("--dry-run", action="store_true", help="list what would be recorded; run nothing")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="record N snippets at once, each in its own process (default 1; timings recorded with "
+                             "N > 1 are not for publishing: the snippets share the CPUs)")
     parser.add_argument("--snippets", type=Path, default=snippets.SNIPPETS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=recordings.OUTPUTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.stem}: current, notebook rewritten")
             else:
                 print(f"{path.stem}: current on {device}, skipped")
-            continue
+
+    def record(path: Path) -> None:
         load = environment.load_per_cpu()
         busy = load_warning(path, load)
         if busy:
@@ -196,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         except CellFailed as error:
             failures.append(path.stem)
             print(f"{path.stem}: FAILED — {error}", file=sys.stderr)
-            continue
-        print(f"{path.stem}: recorded on {device} in {recording['seconds']:.1f} s")
+            return
+        print(f"{path.stem}: recorded on {device} in {recording['seconds']:.1f} s", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:   # each runs a subprocess
+        for future in [pool.submit(record, path) for path in todo]:
+            future.result()
+    failures.sort(key=[p.stem for p in todo].index)
     for problem in elsewhere:
         print(f"needs another machine: {problem}")
     print(f"{len(paths)} snippet(s), {time.perf_counter() - started:.1f} s"
