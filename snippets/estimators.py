@@ -256,6 +256,7 @@ for batch_size in BATCHES:
 print(outputs_text(64, info_outputs[64]))
 
 # %% measured
+# Measuring code: the peak memory of a training step at each batch, and its parts.
 # The measured figure is the peak memory of a training step, the same quantity that
 # batch_size_search.py and batch_size_effects.py measure: two training steps with Adam
 # from a fresh model, here on the first two MNIST batches of each size.
