@@ -228,8 +228,8 @@ del output, loss, model, images, labels  # free them before the next cells
 
 
 # %% phases
-# The measuring the next cells need: StepMeter, a context manager that measures a
-# training step from outside through hooks, the tables it prints, the optimizers
+# StepMeter, which the next cells need: a context manager that measures a training
+# step from outside, through hooks. Also the tables it prints, and the optimizers.
 OPTIMIZERS = {
     "SGD": lambda params: optim.SGD(params, lr=0.01),
     "Adam": lambda params: optim.Adam(params, lr=1e-3),
