@@ -1,7 +1,7 @@
 # %% setup
-# Setup the cells below need: imports, the device, MNIST, and the byte counters
-# tensor_bytes, show and optimizer_state_bytes. Bytes are exact (numel() *
-# element_size()); KiB and MiB are 1024-based.
+# Setup the cells below need: imports, the device, MNIST, the byte counters
+# (tensor_bytes, show, optimizer_state_bytes) and one_step. Bytes are exact
+# (numel() * element_size()); KiB and MiB are 1024-based.
 import contextlib
 import io
 import os
