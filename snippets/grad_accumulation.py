@@ -298,9 +298,29 @@ def largest_difference(gradients, others):
     return max((a - b).abs().max().item() for a, b in zip(gradients, others))
 
 
+def differences_table(gradients, others):
+    """Print each gradient's shape, largest value and largest difference."""
+    print(f"{'gradient':<14} {'shape':<11} {'largest |value|':>16}", end="")
+    print(f" {'max |difference|':>17}")
+    names = [name for name, _ in MLP().named_parameters()]
+    for name, full, micro in zip(names, gradients, others):
+        largest, difference = full.abs().max().item(), (full - micro).abs().max().item()
+        shape = str(tuple(full.shape))
+        print(f"{name:<14} {shape:<11} {largest:>16.3e} {difference:>17.1e}")
+
+
 def agreement(worst):
     """The verdict for the largest difference from the full batch."""
     return "equal" if worst <= TOLERANCE else "NOT equal"
+
+
+def rules_header(loader):
+    """Print how `loader` splits its images, and the head of the rules' table."""
+    sizes = [len(labels) for _, labels in loader]
+    count, total = len(sizes), sum(sizes)
+    print(f"{total} images: {count} micro-batches, {count - 1} of {sizes[0]}", end="")
+    print(f" and one of {sizes[-1]}")
+    print(f"{'each micro-batch':<44} {'max |difference|':>16}  vs one batch of {total}")
 
 
 def scaled(ratio, steps):
@@ -372,14 +392,7 @@ peaks_table(
 print(saving(full_meter.peak()[0], micro_meter.peak()[0]))
 
 # %% compare
-print(
-    f"{'gradient':<14} {'shape':<11} {'largest |value|':>16} {'max |difference|':>17}"
-)
-names = [name for name, _ in MLP().named_parameters()]
-for name, full, micro in zip(names, full_gradients, micro_gradients):
-    largest, difference = full.abs().max().item(), (full - micro).abs().max().item()
-    shape = str(tuple(full.shape))
-    print(f"{name:<14} {shape:<11} {largest:>16.3e} {difference:>17.1e}")
+differences_table(full_gradients, micro_gradients)
 worst = largest_difference(full_gradients, micro_gradients)
 print(
     f"Largest difference {worst:.1e}, tolerance {TOLERANCE:.0e} (absolute): "
@@ -391,16 +404,12 @@ UNEVEN = 1000  # not a multiple of 64: a DataLoader's last micro-batch is smalle
 uneven_images = Subset(images_used.dataset, range(UNEVEN))
 reference, _ = one_update(DataLoader(uneven_images, batch_size=UNEVEN), lambda n: 1)
 uneven_loader = DataLoader(uneven_images, batch_size=MICRO)
-sizes = [len(labels) for _, labels in uneven_loader]
-count, last = len(sizes), sizes[-1]
-print(
-    f"{UNEVEN} images: {count} micro-batches, {count - 1} of {MICRO} and one of {last}"
-)
+count = len(uneven_loader)
 rules = {
     f"loss / {count}  (the number of micro-batches)": lambda n: 1 / count,
     f"loss * n / {UNEVEN}  (each batch's share)": lambda n: n / UNEVEN,
 }
-print(f"{'each micro-batch':<44} {'max |difference|':>16}  vs one batch of {UNEVEN}")
+rules_header(uneven_loader)
 for rule, share in rules.items():
     gradients, _ = one_update(uneven_loader, share)
     worst = largest_difference(reference, gradients)
@@ -409,7 +418,7 @@ for rule, share in rules.items():
 # %% chart
 # The chart: memory at each reading of the two updates (MemoryMeter's readings)
 MiB = 2**20
-fig, ax = plt.subplots(figsize=(7, 3.6))
+fig, ax = plt.subplots(figsize=(7, 3.2))
 for label, meter, style in (
     (f"one batch of {EFFECTIVE}", full_meter, "-"),
     (f"{STEPS} micro-batches of {MICRO}", micro_meter, "--"),

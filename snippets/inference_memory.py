@@ -328,8 +328,7 @@ MODES = {
 
 
 def run(mode, images, labels):
-    """The model on one batch in one mode: forward and loss, in training also
-    backward. Returns the meter and the model's output."""
+    """Forward and loss in one mode (in training also backward)."""
     torch.manual_seed(0)
     model = MLP().to(device)
     x, y = images.to(device), labels.to(device)
@@ -371,7 +370,7 @@ print(f"features.clone() is a normal tensor: is_inference={copied.is_inference()
 # %% chart
 # The chart: memory at each reading of the three modes (MemoryMeter's readings)
 MiB = 2**20
-fig, ax = plt.subplots(figsize=(7, 3.8))
+fig, ax = plt.subplots(figsize=(7, 3.3))
 for (mode, (meter, _)), style in zip(results.items(), ("-", "--", ":")):
     values = [b / MiB for _, b in meter.readings]
     ax.plot(range(len(values)), values, style, marker="o", label=mode)

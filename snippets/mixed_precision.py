@@ -344,6 +344,35 @@ def total(run, part):
     return sum(b for (p, _), b in results[run][0].items() if p == part)
 
 
+def parts_summary():
+    """Print the saved layer outputs of float32 and autocast side by side, and whether
+    parameters, gradients and Adam's state stayed the same in every run."""
+    outputs32, outputs16 = (
+        total(r, "saved: layer outputs") for r in ("float32", "autocast")
+    )
+    print(
+        f"Saved layer outputs: {outputs16:,} bytes under autocast against "
+        f"{outputs32:,} in float32 ({outputs16 / outputs32:.2f}x)"
+    )
+    same = all(
+        total("float32", part) == total(run, part)
+        for run in results
+        for part in ("parameters", "gradients", "Adam's state")
+    )
+    print(f"Parameters, gradients and Adam's state unchanged under autocast: {same}")
+
+
+def losses_table(losses):
+    """Print the losses of the runs at a few steps, and their difference."""
+    print(f"Training loss over {TRAIN_STEPS} Adam steps at batch {TRAIN_BATCH}:")
+    print(
+        f"{'step':>5}" + "".join(f"{run:>22}" for run in losses) + f"{'difference':>14}"
+    )
+    for step in (1, 10, 20, 30, 40, 50):
+        a, b = (run[step - 1] for run in losses.values())
+        print(f"{step:>5}{a:>22.4f}{b:>22.4f}{b - a:>+14.4f}")
+
+
 BATCH, TRAIN_STEPS, TRAIN_BATCH = 1024, 50, 128
 transform = transforms.Compose(
     [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
@@ -393,19 +422,7 @@ RUNS = {
 }
 results = {run: one_step(*flags) for run, flags in RUNS.items()}
 rows = parts_table(results)
-outputs32, outputs16 = (
-    total(r, "saved: layer outputs") for r in ("float32", "autocast")
-)
-print(
-    f"Saved layer outputs: {outputs16:,} bytes under autocast against {outputs32:,} in "
-    f"float32 ({outputs16 / outputs32:.2f}x)"
-)
-same = all(
-    total("float32", part) == total(run, part)
-    for run in RUNS
-    for part in ("parameters", "gradients", "Adam's state")
-)
-print(f"Parameters, gradients and Adam's state unchanged under autocast: {same}")
+parts_summary()
 
 
 # %% training
@@ -429,16 +446,12 @@ def train(use_autocast):
 
 
 losses = {"float32": train(False), f"autocast ({AMP})": train(True)}
-print(f"Training loss over {TRAIN_STEPS} Adam steps at batch {TRAIN_BATCH}:")
-print(f"{'step':>5}" + "".join(f"{run:>22}" for run in losses) + f"{'difference':>14}")
-for step in (1, 10, 20, 30, 40, 50):
-    a, b = (run[step - 1] for run in losses.values())
-    print(f"{step:>5}{a:>22.4f}{b:>22.4f}{b - a:>+14.4f}")
+losses_table(losses)
 
 # %% chart
 # The chart: memory by part for the three runs, and the two training losses
 KiB = 1024
-fig = plt.figure(figsize=(7, 6.6), layout="constrained")
+fig = plt.figure(figsize=(7, 5.2), layout="constrained")
 upper, lower = fig.subfigures(2, 1, height_ratios=[3, 2])  # each panel its full width
 top, bottom = upper.subplots(), lower.subplots()
 labels_ = [f"{part} ({dtype})" for part, dtype in rows]
