@@ -1,20 +1,11 @@
 # %% setup
-# The lesson's recipe for the batch size: start small (16) and grow the batch step by
-# step until a step runs out of memory or the training results get worse. This file
-# looks at the memory half of it, and grows the batch our way, a refinement of the
-# lesson's recipe: double until a step does not fit in a memory budget, then bisect
-# between the last size that fitted and the first that did not.
-# A trial measures the peak memory of a training step: the largest total of tensor
-# bytes alive at one moment over two training steps with Adam (memory_timeline.py shows
-# why two: Adam's highest point is the second forward pass, where the activations sit
-# on top of the state that the first step created).
-# On CUDA the budget is on *reserved* memory, the segments PyTorch's caching allocator
-# holds from the driver (allocations rounded up to 512 bytes, segments to 2 or 20 MiB):
-# set_per_process_memory_fraction() limits reserved memory, and a trial that needs more
-# gets a real out-of-memory error. Each trial starts from the same reserved memory and
-# reports max_memory_reserved() and max_memory_allocated() above a baseline taken after
-# a warm-up. On the CPU, which has no allocator: tensor bytes counted after each event,
-# and a trial whose count is over the budget counts as failed.
+# Setup the cells below need: imports, the device, the model, the budget, and the meter
+# of a training step's peak memory (StepMemory, training_step_peak) with random batches.
+# The lesson's recipe: start small (16) and grow the batch until a step runs out of
+# memory or the results get worse. This file grows it our way: double until a step does
+# not fit in a memory budget, then bisect. A trial measures the peak memory of a
+# training step: the most tensor bytes alive at one moment over two steps with Adam.
+import contextlib
 import gc
 import textwrap
 from typing import NamedTuple
@@ -54,37 +45,10 @@ MiB = 2**20
 BUDGET_BYTES = 128 * MiB  # the pretend "GPU memory"
 START, CAP = 16, 65536  # the first size tried; never beyond CAP
 print(f"Memory budget: {BUDGET_BYTES:,} bytes = {BUDGET_BYTES / MiB:.0f} MiB")
-print(
-    "The lesson: grow the batch step by step until out of memory or results get worse."
+print(f"Double from {START} (up to a cap of {CAP:,}), then bisect.")
+PEAK_LABEL = (
+    "CUDA allocator, above the baseline" if ALLOCATOR else "counted tensor bytes"
 )
-print(f"Our refinement: double from {START} (up to a cap of {CAP:,}), then bisect.")
-
-# %% trial
-criterion = nn.CrossEntropyLoss()
-if ALLOCATOR:
-    PEAK_LABEL = "CUDA allocator, above the baseline"
-    COUNTED = (
-        "max_memory_reserved() (what the budget limits) and max_memory_allocated() "
-        "over the two steps, minus the baseline below"
-    )
-else:
-    PEAK_LABEL = "counted tensor bytes"
-    COUNTED = (
-        "parameters, gradients, Adam's state, batch, logits, loss, and what "
-        "autograd saved for backward, each storage once, after each event"
-    )
-
-
-def counted_bytes(tensors, saved):
-    """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
-    saved for backward that are not among them."""
-    sizes = {
-        t.untyped_storage().data_ptr(): t.numel() * t.element_size()
-        for t in tensors
-        if t is not None
-    }
-    sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
-    return sum(sizes.values())
 
 
 def cuda_memory():
@@ -99,70 +63,119 @@ def cuda_memory():
     )
 
 
-def training_step_peak(batches, baseline=None):
-    """Peak memory of a training step: the largest total of tensor bytes alive at one
-    moment over two training steps with Adam, from a fresh model.
-    CUDA: max_memory_allocated() and max_memory_reserved() above `baseline`, a pair
-    (allocated, reserved) (default: what is allocated and reserved now); cached blocks
-    are given back first, so that every call starts from the same reserved memory.
-    CPU: bytes counted after each event (batch to device, forward with the loss,
-    backward, optimizer step, zero_grad).
-    Returns (allocated bytes, reserved bytes or None on the CPU, the event of the CPU
-    peak or None on CUDA)."""
-    if ALLOCATOR:
-        torch.cuda.empty_cache()  # a measurement, not a cure: see trial()
-        if baseline is None:
-            baseline = cuda_memory()[:2]
-        torch.cuda.reset_peak_memory_stats()
-    torch.manual_seed(0)
-    model = MLP().to(device)
-    optimizer = optim.Adam(model.parameters(), lr=1e-3)
-    images = labels = output = loss = None
-    saved, counts = {}, []  # saved: storage address -> bytes
+class StepMemory:
+    """The peak memory of the training steps run inside `with`, measured around them:
+    the loop itself stays a plain training loop.
+    CUDA: the caching allocator's counters. Cached blocks are given back first, so that
+    every measurement starts from the same reserved memory, and the peaks are reset:
+    .peak is max_memory_allocated() above `baseline` (default: what is allocated when
+    the `with` starts); max_memory_reserved() is then this measurement's own.
+    CPU, which has no such counters: watch() hooks count the bytes of the parameters,
+    gradients, optimizer state, batch, logits, loss and what autograd saved for
+    backward (each storage once) after each event: forward with the loss (the loss's
+    forward hook), backward (the optimizer's step pre-hook) and the optimizer step (its
+    post-hook). Moving the batch and zero_grad are not counted: neither is ever the
+    peak, the forward adds to the first and the second only frees. .peak is the most
+    bytes, .event the first event that had them (None on CUDA)."""
 
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    def __init__(self, baseline=None):
+        self.baseline, self.counts, self.hooks = baseline, [], []
+        self.peak = self.event = self.saving = None
+
+    def __enter__(self):
+        if ALLOCATOR:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # to measure, not to recover (see above)
+            if self.baseline is None:
+                self.baseline = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def watch(self, model, criterion, optimizer):
+        """CPU: count the bytes alive after each event of these three's steps."""
+        if ALLOCATOR:
+            return  # the allocator counts every byte by itself
+        self.model, self.optimizer, self.step = model, optimizer, 0
+        self.images = self.labels = self.output = self.loss = None
+        self.saved = {}  # storage address -> bytes, what autograd saved for backward
+        self.hooks = [
+            model.register_forward_pre_hook(self.batch_arrived),
+            criterion.register_forward_hook(self.loss_computed),
+            optimizer.register_step_pre_hook(self.backward_done),
+            optimizer.register_step_post_hook(self.stepped),
+        ]
+        self.saving = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.saving.__enter__()
+
+    def pack(self, t):
+        self.saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t.detach()  # t itself would keep a saved output alive in a cycle
 
-    def count(event):
-        if not ALLOCATOR:
-            params = list(model.parameters())
-            state = [
-                v
-                for s in optimizer.state.values()
-                for v in s.values()
-                if torch.is_tensor(v)
-            ]
-            tensors = [
-                *params,
-                *(p.grad for p in params),
-                *state,
-                images,
-                labels,
-                output,
-                loss,
-            ]
-            counts.append((counted_bytes(tensors, saved), event))
+    def batch_arrived(self, model, args):
+        self.step, self.images = self.step + 1, args[0]
 
-    for step, (images, labels) in enumerate(batches, start=1):
-        images, labels = images.to(device), labels.to(device)
-        count(f"{step}: batch to device")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def loss_computed(self, criterion, args, loss):
+        self.output, self.labels, self.loss = args[0], args[1], loss
+        self.count("forward")  # with the loss
+
+    def backward_done(self, optimizer, args, kwargs):
+        self.saved.clear()  # backward frees what autograd saved
+        self.count("backward")
+
+    def stepped(self, optimizer, args, kwargs):
+        self.count("optimizer step")
+
+    def count(self, event):
+        params = list(self.model.parameters())
+        state = self.optimizer.state.values()
+        tensors = [
+            *params,
+            *(p.grad for p in params),
+            *(v for s in state for v in s.values() if torch.is_tensor(v)),
+            self.images,
+            self.labels,
+            self.output,
+            self.loss,
+        ]
+        sizes = {  # each storage once
+            t.untyped_storage().data_ptr(): t.numel() * t.element_size()
+            for t in tensors
+            if t is not None
+        }
+        sizes.update((ptr, n) for ptr, n in self.saved.items() if ptr not in sizes)
+        self.counts.append((sum(sizes.values()), f"{self.step}: {event}"))
+
+    def __exit__(self, *exception):
+        for hook in self.hooks:
+            hook.remove()
+        if self.saving is not None:
+            self.saving.__exit__(*exception)
+        if ALLOCATOR:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.baseline
+        elif self.counts:
+            self.peak, self.event = max(self.counts, key=lambda c: c[0])  # the first
+        return False
+
+
+def training_step_peak(batches, baseline=None):
+    """Peak memory of a training step: the most tensor bytes alive at one moment over
+    two plain training steps with Adam, from a fresh model; StepMemory measures them.
+    Returns (bytes, the event of the CPU peak or None on CUDA)."""
+    with StepMemory(baseline) as memory:  # CUDA: from here, the model included
+        torch.manual_seed(0)
+        model = MLP().to(device)
+        criterion = nn.CrossEntropyLoss()
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+        memory.watch(model, criterion, optimizer)  # CPU: hooks that count bytes
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
             output = model(images)
             loss = criterion(output, labels)
-        count(f"{step}: forward")  # with the loss
-        loss.backward()
-        saved.clear()  # backward frees what autograd saved
-        count(f"{step}: backward")
-        optimizer.step()
-        count(f"{step}: optimizer step")
-        optimizer.zero_grad()  # set_to_none=True: the gradients are freed
-        count(f"{step}: zero_grad")
-    if ALLOCATOR:
-        _, _, allocated, reserved = cuda_memory()
-        return allocated - baseline[0], reserved - baseline[1], None
-    peak, event = max(counts, key=lambda c: c[0])  # the first event with the most
-    return peak, None, event
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return memory.peak, memory.event
 
 
 def random_batches(batch_size):
@@ -173,6 +186,9 @@ def random_batches(batch_size):
     return [(images, labels)] * 2
 
 
+# %% trial
+# The trial the search runs at each size (two training steps, judged against the
+# budget), the baseline it measures above (CUDA), and how the search reports.
 if ALLOCATOR:
     # Warm-up: one unmeasured trial, so that the CUDA context and cuBLAS's workspaces
     # (one per thread: backward runs on autograd's own) exist before any measurement.
@@ -185,18 +201,18 @@ if ALLOCATOR:
         f"CUDA baseline after a warm-up trial at batch {START}: {baseline[0]:,} bytes "
         f"allocated in {blocks} blocks, {baseline[1]:,} bytes reserved"
     )
-    say(
-        "that is the cuBLAS workspace and anything else already allocated: counted "
-        "once, here, not inside each trial",
-        "  ",
-    )
-else:
-    baseline = None
-    say(
-        "CPU: no real out-of-memory here; a trial whose counted peak is over the "
-        "budget counts as failed"
-    )
-say(f"Each trial: peak memory of a training step, {PEAK_LABEL}: {COUNTED}")
+
+
+def step_peaks(batch_size):
+    """(allocated, reserved or None on the CPU, the event of the CPU peak or None on
+    CUDA): the peaks of two training steps at this batch size, above the baseline.
+    StepMemory empties the CUDA cache first, so that every trial starts from the same
+    reserved memory and its max_memory_reserved() is its own."""
+    if ALLOCATOR:
+        peak, _ = training_step_peak(random_batches(batch_size), baseline[0])
+        return peak, cuda_memory()[3] - baseline[1], None
+    peak, event = training_step_peak(random_batches(batch_size))
+    return peak, None, event
 
 
 class Trial(NamedTuple):
@@ -211,7 +227,7 @@ class Trial(NamedTuple):
 def trial(batch_size, budget_bytes):
     """Run two training steps at this batch size and judge them against the budget."""
     try:
-        peak, reserved, event = training_step_peak(random_batches(batch_size), baseline)
+        peak, reserved, event = step_peaks(batch_size)
     except torch.cuda.OutOfMemoryError:
         peak = reserved = event = None
     # The failed call's tensors were its locals: collect them now. A training run needs
@@ -241,7 +257,28 @@ def budgeted(t):
     return t.reserved if ALLOCATOR else t.peak
 
 
-# %% search
+def budgeted_peak(batch_size):
+    """The peak the budget is compared with, at this batch size."""
+    peak, reserved, _ = step_peaks(batch_size)
+    gc.collect()
+    return reserved if ALLOCATOR else peak
+
+
+@contextlib.contextmanager
+def memory_limit(budget_bytes):
+    """CUDA: a real limit on reserved memory, the baseline plus the budget, beyond which
+    the allocator raises OutOfMemoryError; lifted afterwards. CPU: no limit to set."""
+    if ALLOCATOR:
+        total = torch.cuda.mem_get_info()[1]  # the limit is a fraction of this
+        fraction = min(1.0, (baseline[1] + budget_bytes) / total)
+        torch.cuda.set_per_process_memory_fraction(fraction)
+    try:
+        yield
+    finally:
+        if ALLOCATOR:
+            torch.cuda.set_per_process_memory_fraction(1.0)  # later cells: no limit
+
+
 class SearchResult(NamedTuple):
     budget: int
     start: int
@@ -253,40 +290,8 @@ class SearchResult(NamedTuple):
     message: str
 
 
-def search(budget_bytes, start=START, cap=CAP):
-    """Double from `start` while a step fits and the next size is within `cap`; then
-    bisect between the largest size that fitted and the first that failed."""
-    if cap < start:
-        raise ValueError(f"cap {cap} is below the start size {start}")
-    if ALLOCATOR:  # a real limit on reserved memory: baseline + budget, then OOM
-        total = torch.cuda.mem_get_info()[1]  # the limit is a fraction of this
-        torch.cuda.set_per_process_memory_fraction(
-            min(1.0, (baseline[1] + budget_bytes) / total)
-        )
-    trials = []
-
-    def fits(batch_size):
-        trials.append(trial(batch_size, budget_bytes))
-        return trials[-1].fits
-
-    try:
-        good, bad, size = None, None, start
-        while size <= cap:  # phase 1: double
-            if not fits(size):
-                bad = size
-                break
-            good, size = size, size * 2
-        resolution = max(start, (good or start) // 64)
-        if good is not None and bad is not None:
-            while bad - good > resolution:  # phase 2: bisect to within the resolution
-                middle = (good + bad) // 2
-                if fits(middle):
-                    good = middle
-                else:
-                    bad = middle
-    finally:
-        if ALLOCATOR:
-            torch.cuda.set_per_process_memory_fraction(1.0)  # later cells: no limit
+def search_result(budget_bytes, start, cap, trials, good, bad, resolution):
+    """The search's outcome, and a sentence saying why it ended."""
     if good is None:
         outcome = "nothing fits"
         first = trials[0]
@@ -342,22 +347,21 @@ def line_text(result):
     )
 
 
-result = search(BUDGET_BYTES)
-reserved = f" {'reserved':>13}" if ALLOCATOR else ""
-print(
-    f"{'trial':>5} {'batch':>7} {'peak bytes':>13}{reserved}   (peak memory of a "
-    f"training step, {PEAK_LABEL})"
-)
-for number, t in enumerate(result.trials, start=1):
-    shown = "?" if t.peak is None else f"{t.peak:,}"
-    if ALLOCATOR:
-        shown = f"{shown:>13} {'?' if t.reserved is None else f'{t.reserved:,}':>13}"
-    print(f"{number:>5} {t.batch:>7,} {shown:>13}   {t.why}")
-say(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
-say(
-    "Fixed + per-sample model, fitted to the two largest fitting trials: "
-    f"{line_text(result)}"
-)
+def show_trials(result):
+    """The search's trials, one row each, and its outcome."""
+    reserved = f" {'reserved':>13}" if ALLOCATOR else ""
+    print(
+        f"{'trial':>5} {'batch':>7} {'peak bytes':>13}{reserved}   (peak memory of a "
+        f"training step, {PEAK_LABEL})"
+    )
+    for number, t in enumerate(result.trials, start=1):
+        shown = "?" if t.peak is None else f"{t.peak:,}"
+        if ALLOCATOR:
+            shown = (
+                f"{shown:>13} {'?' if t.reserved is None else f'{t.reserved:,}':>13}"
+            )
+        print(f"{number:>5} {t.batch:>7,} {shown:>13}   {t.why}")
+    say(f"{len(result.trials)} trials. Outcome: {result.outcome}: {result.message}")
 
 
 def fixed_text(fixed, params):
@@ -404,6 +408,39 @@ def events_text(trials, line):
 
 
 SCALARS = 64  # bytes: a few 4-byte scalars, not a tensor of any size
+
+
+# %% search
+def search(budget_bytes, start=START, cap=CAP):
+    """Double from `start` while a step fits and the next size is within `cap`; then
+    bisect between the largest size that fitted and the first that failed."""
+    if cap < start:
+        raise ValueError(f"cap {cap} is below the start size {start}")
+    trials, good, bad, size = [], None, None, start
+    with memory_limit(budget_bytes):  # on CUDA, a real out-of-memory error beyond it
+        while size <= cap:  # phase 1: double
+            trials.append(trial(size, budget_bytes))
+            if not trials[-1].fits:
+                bad = size
+                break
+            good, size = size, size * 2
+        resolution = max(start, (good or start) // 64)
+        while good is not None and bad is not None and bad - good > resolution:
+            middle = (good + bad) // 2  # phase 2: bisect to within the resolution
+            trials.append(trial(middle, budget_bytes))
+            if trials[-1].fits:
+                good = middle
+            else:
+                bad = middle
+    return search_result(budget_bytes, start, cap, trials, good, bad, resolution)
+
+
+result = search(BUDGET_BYTES)
+show_trials(result)
+
+# %% line
+# The straight line through the two largest fitting trials, and (CPU) what it is made of
+say(f"Fixed + per-sample: {line_text(result)}")
 line = fitted_line(result)
 if line is not None and not ALLOCATOR:
     params = sum(p.numel() * p.element_size() for p in MLP().parameters())
@@ -411,30 +448,18 @@ if line is not None and not ALLOCATOR:
     say(events_text(result.trials, line), "  ")
 
 # %% small-budgets
-# The search must end cleanly, and say why, whatever the budget. Three tiny budgets,
-# made from measured peaks, give the three edge cases.
-MEASURE = 1 if ALLOCATOR else 0  # the budget is on reserved memory on CUDA
-peak_start = training_step_peak(random_batches(START), baseline)[MEASURE]
-peak_next = training_step_peak(random_batches(2 * START), baseline)[MEASURE]
-gc.collect()
-peaks = f"batch {START}: {peak_start:,} bytes; batch {2 * START}: {peak_next:,} bytes"
-measured = "Reserved memory" if ALLOCATOR else "Peak memory"
-print(f"{measured} of a training step ({PEAK_LABEL}):\n  {peaks}")
-print("Three budgets made from them, one search each:")
+# Three budgets made from measured peaks: nothing fits, only the start size fits, and
+# every size fits up to a small cap.
+peak_start, peak_next = budgeted_peak(START), budgeted_peak(2 * START)
+print(f"batch {START}: {peak_start:,} bytes; batch {2 * START}: {peak_next:,} bytes")
 cases = [
     (f"half the peak at batch {START}", peak_start // 2, CAP),
     (
-        f"between the peaks at {START} and {2 * START}"
-        if peak_next > peak_start
-        else f"the peak at {START}, the same as at {2 * START}",
+        f"between the peaks at {START} and {2 * START}",
         (peak_start + peak_next) // 2,
         CAP,
     ),
-    (
-        f"the {BUDGET_BYTES / MiB:.0f} MiB budget with a small cap",
-        BUDGET_BYTES,
-        16 * START,
-    ),
+    (f"the {BUDGET_BYTES / MiB:.0f} MiB budget, a small cap", BUDGET_BYTES, 16 * START),
 ]
 for label, budget, cap in cases:
     small = search(budget, START, cap)
@@ -444,6 +469,7 @@ for label, budget, cap in cases:
     say(outcome, "   ", "      ")
 
 # %% chart
+# The chart of the trials: peak against batch size, the budget and the fitted line
 plt.rcParams["font.size"] = 10
 fig, ax = plt.subplots(figsize=(7, 5.4), layout="constrained")
 ok = sorted((t.batch, budgeted(t) / MiB) for t in result.trials if t.fits)
