@@ -1,13 +1,11 @@
 # %% setup
-# The growing-memory bug: adding up `loss`, a tensor, across steps. Each sum is part of
-# autograd's graph, so the graph of every step stays reachable from the total. In an
-# evaluation loop without torch.no_grad() that graph still holds the step's batch and
-# the activations saved for backward; with loss.item(), a Python number, it is freed
-# at the next step. Measured step by step over the 10 MNIST test batches of 1000.
+# Setup the cells below need: imports, the device, MNIST, the model, the measuring.
+# The MNIST test set in batches of 1000, the lesson's MLP, and memory_after_each_step
+# (a MemoryMeter that reads memory after each step of a loop, from outside it).
 # On CUDA the memory is the allocator's memory_allocated() above what was allocated
 # before the loop. On the CPU, which has no allocator counter, it is counted tensor
-# bytes: parameters, batches, outputs and what autograd saved for backward, each
-# storage once and only while it exists.
+# bytes: batches, outputs and what autograd saved for backward, each storage once and
+# only while it exists; the model's parameters are left out.
 import contextlib
 import io
 import itertools
@@ -15,7 +13,6 @@ import os
 import re
 import socket
 import sys
-import textwrap
 
 import matplotlib.pyplot as plt
 import torch
@@ -31,11 +28,6 @@ gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "
 print(f"Device: {device}" + gpu)
 ALLOCATOR = device.type == "cuda"  # the CUDA caching allocator counts every byte
 METHOD = "CUDA allocator" if ALLOCATOR else "counted tensor bytes"
-
-
-def say(text):
-    """Print a long sentence in lines of at most 88 characters."""
-    print(textwrap.fill(text, 88, break_on_hyphens=False))
 
 
 MNIST_FILES = {  # what torchvision unpacks into MNIST/raw: name and size in bytes
@@ -102,26 +94,112 @@ class MLP(nn.Module):
         return self.layer2(self.relu(self.layer1(self.flatten(x))))
 
 
-def cuda_memory():
-    """Bytes allocated now: the CUDA caching allocator's counter, one for the whole
-    process."""
-    torch.cuda.synchronize()
-    return torch.cuda.memory_allocated()
+class MemoryMeter:
+    """Memory in use while a `with` block runs, read by hooks around the code: on
+    CUDA the allocator's counters, on the CPU counted tensor bytes (see above)."""
 
+    def __init__(self, *watched, optimizer=None, layers=False, labels=None):
+        modules = [w for w in watched if isinstance(w, torch.nn.Module)]
+        self.tensors = [w for w in watched if torch.is_tensor(w)]
+        self.modules, self.optimizer, self.layers = modules, optimizer, layers
+        kind = {True: "loss", False: "forward"}
+        self.labels = labels or {
+            m: kind[type(m).__name__.endswith("Loss")] for m in modules
+        }
+        self.readings, self.saved, self.saved_as, self.saved_count = [], {}, {}, 0
+        self.storages, self.known, self.made = {}, {}, {}  # address -> weak ref
+        self.offset, self.highest, self.highest_at = 0, 0, None
+        self.handles, self.accumulated = [], 0
+        self.params = [p for m in modules for p in m.parameters()]
 
-class Meter:
-    """Memory in use from its creation on.
-    CUDA: memory_allocated() above what was allocated at the start. CPU: the bytes of
-    the storages shown to see() (and, through pack(), of those autograd saves for
-    backward) that still exist, each storage once; a weak reference to each storage
-    tells whether it has been freed."""
-
-    def __init__(self):
-        self.storages, self.offset = {}, 0  # address -> (weak reference, bytes)
+    def __enter__(self):
+        existing = [*self.tensors, *self.params, *(p.grad for p in self.params)]
+        if self.optimizer is not None:
+            existing += self._state()
+        self.see(*existing)
+        self._note(self.known, existing)
         if ALLOCATOR:
-            self.baseline = cuda_memory()
+            sizes = {self._ptr(t): self._bytes(t) for t in existing if t is not None}
+            self.baseline = self._allocated() - sum(sizes.values())
+            torch.cuda.reset_peak_memory_stats()
+        for module in self.modules:
+            self._watch(module, self.labels.get(module), top=True)
+            for name, child in module.named_children() if self.layers else ():
+                self._watch(child, name, top=False)
+            for sub in module.modules():  # every layer's output counts while it lives
+                if sub is not module and not (
+                    self.layers and sub in [*module.children()]
+                ):
+                    self.handles.append(sub.register_forward_hook(self._see_output))
+        for p in self.params:
+            if p.requires_grad:
+                self.handles.append(p.register_post_accumulate_grad_hook(self._grad))
+        if self.optimizer is not None:
+            self.handles.append(self.optimizer.register_step_post_hook(self._stepped))
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self.hooks.__enter__()
+        self.read("start")
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        for handle in self.handles:
+            handle.remove()
+        self.read("end")
+
+    def _watch(self, module, label, top):
+        def before(module, args):
+            for t in self._tensors(args):
+                if top and not self._has(self.made, t):  # the batch, not a result
+                    self._note(self.known, [t])
+                self.see(t)
+
+        def after(module, args, output):
+            outputs = self._tensors(output)
+            self.see(*outputs)
+            self._note(self.made, outputs)
+            self.read(label)
+            for t in outputs if self.layers and not top else ():
+                if t.requires_grad:
+                    t.register_hook(lambda grad: self._backward(grad, label))
+
+        self.handles.append(module.register_forward_pre_hook(before))
+        self.handles.append(module.register_forward_hook(after))
+
+    def _see_output(self, module, args, output):
+        self.see(*self._tensors(output))
+
+    def _backward(self, grad, label):
+        self.see(grad)
+        self.read(f"{label} backward")
+
+    def _grad(self, param):
+        self.see(param.grad)
+        self.accumulated += 1
+        if self.accumulated % len([p for p in self.params if p.requires_grad]) == 0:
+            self.read("backward")
+
+    def _stepped(self, optimizer, args, kwargs):
+        self.see(*(p.grad for p in self.params), *self._state())
+        self.read("optimizer step")
+
+    def _state(self):
+        states = self.optimizer.state.values()
+        return [v for s in states for v in s.values() if torch.is_tensor(v)]
+
+    def _pack(self, t):
+        """saved_tensors_hooks' pack hook: count what autograd saves. It returns a
+        detached view: returning t itself would keep a saved output alive in a
+        reference cycle after its graph is gone."""
+        self.saved_count += 1
+        self.see(t)
+        if not self._has(self.known, t):  # not a parameter, not the batch
+            self.saved[self._ptr(t)] = self._bytes(t)
+            self.saved_as[self._ptr(t)] = (tuple(t.shape), t.dtype)
+        return t.detach()
 
     def see(self, *tensors):
+        """Count these tensors' storages while they exist (the CPU's count)."""
         for t in tensors:
             if t is not None:
                 storage = t.untyped_storage()
@@ -130,22 +208,161 @@ class Meter:
                     weak = StorageWeakRef(storage)
                     self.storages[storage.data_ptr()] = (weak, storage.nbytes())
 
-    def pack(self, t):
-        """A saved_tensors_hooks pack hook: note what autograd saves. It returns a
-        detached view: returning t itself would keep a saved output alive in a
-        reference cycle after its graph is gone."""
-        self.see(t)
-        return t.detach()
-
     def now(self):
+        """Bytes in use now, above what zero() left out."""
         if ALLOCATOR:
-            return cuda_memory() - self.baseline - self.offset
+            return self._allocated() - self.baseline - self.offset
         alive = sum(n for weak, n in self.storages.values() if not weak.expired())
         return alive - self.offset
 
+    def read(self, label):
+        """Store a reading (label, bytes now); on CUDA also read the peak counter."""
+        self.readings.append((label, self.now()))
+        if ALLOCATOR:
+            peak = torch.cuda.max_memory_allocated() - self.baseline - self.offset
+            if peak > self.highest:
+                self.highest, self.highest_at = peak, label
+        return self.readings[-1][1]
+
     def zero(self):
-        """Count from here on: leave out what exists now (CPU: what was seen)."""
+        """Count from here on: leave out what is in use now."""
         self.offset += self.now()
+
+    def peak(self):
+        """(bytes, label): on CUDA the allocator's peak up to the last reading, between
+        readings too, and the reading that first saw it; on the CPU the highest
+        reading."""
+        if ALLOCATOR:
+            return self.highest, self.highest_at
+        label, peak = max(self.readings, key=lambda r: r[1])
+        return peak, label
+
+    @staticmethod
+    def _note(where, tensors):
+        for t in tensors:
+            if t is not None:
+                where[t.untyped_storage().data_ptr()] = StorageWeakRef(
+                    t.untyped_storage()
+                )
+
+    @staticmethod
+    def _has(where, t):
+        weak = where.get(t.untyped_storage().data_ptr())
+        return weak is not None and not weak.expired()
+
+    @staticmethod
+    def _allocated():
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    @staticmethod
+    def _ptr(t):
+        return t.untyped_storage().data_ptr()
+
+    @staticmethod
+    def _bytes(t):
+        return t.untyped_storage().nbytes()
+
+    @staticmethod
+    def _tensors(value):
+        """The tensors in a module's arguments or output (tuples, lists, dicts)."""
+        if torch.is_tensor(value):
+            return [value]
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in MemoryMeter._tensors(v)]
+        return []
+
+
+class EveryStep:
+    """The loader's sampler, wrapped: the meter reads memory each time the loop asks
+    for a new batch, that is after each step, and once more when the sampler runs
+    out, after the last step (while the loop's variables still exist)."""
+
+    def __init__(self, sampler, batch_size, meter):
+        self.sampler, self.batch_size, self.meter = sampler, batch_size, meter
+
+    def __iter__(self):
+        for number, index in enumerate(self.sampler):
+            if number % self.batch_size == 0:
+                self.meter.read("step")
+            yield index
+        self.meter.read("step")
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+@contextlib.contextmanager
+def memory_after_each_step(loader, *watched, optimizer=None):
+    """Memory in use after each step of a `for ... in loader` loop run inside the
+    `with`, above what was in use before it (the model's parameters left out): a
+    MemoryMeter watching the modules, reading each time the loader starts a batch."""
+    memory = []
+    batches = loader.batch_sampler
+    sampler = batches.sampler
+    with MemoryMeter(*watched, optimizer=optimizer) as meter:
+        batches.sampler = EveryStep(sampler, loader.batch_size, meter)
+        try:
+            yield memory
+        finally:
+            batches.sampler = sampler
+    start = meter.readings[0][1]  # what existed on entering: the parameters
+    steps = [n - start for label, n in meter.readings if label == "step"]
+    memory += steps[1:]  # the first reading comes before the first step
+
+
+def per_step(memory):
+    """The growth from step to step, in words."""
+    growth = [b - a for a, b in itertools.pairwise(memory)]
+    low, high = min(growth), max(growth)
+    return f"{low:,} bytes every step" if low == high else f"{low:,} to {high:,} bytes"
+
+
+def graph_nodes(node):
+    """How many autograd nodes can be reached from a graph node."""
+    seen, todo = set(), [node]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [next_node for next_node, _ in node.next_functions]
+    return len(seen)
+
+
+def nodes_after_each_step(total):
+    """The graph nodes behind a sum made with `+=` in a loop, after each step: walked
+    back along the chain of additions, the first step's last."""
+    counts, node = [], total.grad_fn
+    while type(node).__name__.startswith("AddBackward"):  # one `+=` of one step
+        counts.append(graph_nodes(node))
+        node = node.next_functions[0][0]  # the sum before it
+    return counts[::-1]
+
+
+def kept_text(memory, batch):
+    """Whether the tensor sum kept each step's batch: only if memory grew by at least
+    a batch every step."""
+    growth = min(b - a for a, b in itertools.pairwise(memory))
+    if growth >= batch:
+        return (
+            f"Each step kept at least its batch ({batch:,} bytes of images and labels)"
+        )
+    return f"Memory grew by less than a batch ({batch:,} bytes) in some step"
+
+
+def training_text(steps, memory_growth, node_growth, step_batch):
+    """What running_loss kept from step 2 to the last step: backward freed each step's
+    saved tensors only if memory grew by less than a batch a step."""
+    grew = f"steps 2-{steps}: +{memory_growth:,} bytes"
+    if memory_growth < (steps - 2) * step_batch:
+        text = f"Saved tensors freed ({grew})"
+    else:
+        text = f"Tensors of each step kept ({grew})"
+    if node_growth > 0:
+        return f"{text}; the graph: +{node_growth:.0f} nodes a step"
+    return f"{text}; the graph did not grow"
 
 
 transform = transforms.Compose(
@@ -160,154 +377,79 @@ if ALLOCATOR:  # warm-up: cuBLAS's workspaces are allocated once, up front
     criterion(model(images.to(device)), labels.to(device)).backward()
     model.zero_grad(set_to_none=True)
     del images, labels
+images, labels = next(iter(test_loader))
+batch = images.nbytes + labels.nbytes  # one test batch: images and labels
 print(f"{len(test_loader)} test batches of {test_loader.batch_size}; memory: {METHOD}")
 
 
 # %% tensor-sum
-def evaluate(as_number):
-    """The lesson's test loop without torch.no_grad(), adding up the loss as a tensor
-    or as a number. Returns the memory in use after each step."""
-    meter = Meter()
-    meter.see(*model.parameters())
-    meter.zero()  # the model is not part of the growth
-    memory = []
+def evaluate(model, loader):
     total_loss = 0
-    for images, labels in test_loader:
+    for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        meter.see(images, labels)
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
-            loss = criterion(model(images), labels)
-        meter.see(loss)
-        if as_number:
-            total_loss += loss.item()  # a Python float: no graph
-        else:
-            total_loss += loss  # a tensor: the sum joins every step's graph
-        memory.append(meter.now())
-    value = total_loss.item() if torch.is_tensor(total_loss) else total_loss
-    print(f"total_loss is a {type(total_loss).__name__}: {value:.4f}")
-    return memory
+        loss = criterion(model(images), labels)
+        total_loss += loss  # a tensor: the sum joins every step's graph
+    return total_loss / len(loader)
 
 
-def per_step(memory):
-    """The growth from step to step, in words."""
-    growth = [b - a for a, b in itertools.pairwise(memory)]
-    low, high = min(growth), max(growth)
-    return f"{low:,} bytes every step" if low == high else f"{low:,} to {high:,} bytes"
-
-
-leak = evaluate(as_number=False)
+with memory_after_each_step(test_loader, model, criterion) as leak:
+    mean_loss = evaluate(model, test_loader)
+print(f"The mean loss is a {type(mean_loss).__name__}: {mean_loss.item():.4f}")
 print(f"In use after step 1: {leak[0]:,} bytes; after step {len(leak)}: {leak[-1]:,}")
 print(f"Growth per step with the tensor sum: {per_step(leak)} ({METHOD})")
 
+
 # %% item
-flat = evaluate(as_number=True)
+def evaluate_fixed(model, loader):
+    total_loss = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        loss = criterion(model(images), labels)
+        total_loss += loss.item()  # a Python float: no graph
+    return total_loss / len(loader)
+
+
+with memory_after_each_step(test_loader, model, criterion) as flat:
+    mean_loss_fixed = evaluate_fixed(model, test_loader)
+print(f"The mean loss is a {type(mean_loss_fixed).__name__}: {mean_loss_fixed:.4f}")
 print(f"{'step':>4} {'total_loss += loss':>20} {'+= loss.item()':>16}   ({METHOD})")
 for step, (grows, stays) in enumerate(zip(leak, flat), start=1):
     print(f"{step:>4} {grows:>20,} {stays:>16,}")
 print(f"Growth per step with .item(): {per_step(flat)} ({METHOD})")
-images, labels = next(iter(test_loader))
-batch = images.nbytes + labels.nbytes
-
-
-def kept_text(memory, batch):
-    """What the tensor sum kept, from its memory after each step: each step's batch
-    only if memory grew by at least a batch every step."""
-    growth = min(b - a for a, b in itertools.pairwise(memory))
-    if growth >= batch:
-        kept = (
-            f"With the tensor sum, each step keeps its batch ({batch:,} bytes of "
-            "images and labels) and what autograd saved, until total_loss itself is "
-            "deleted."
-        )
-    else:
-        kept = (
-            "With the tensor sum, memory grew by less than a batch "
-            f"({batch:,} bytes of images and labels) in some step: not every step "
-            "kept its batch."
-        )
-    return (
-        f"{kept} Under torch.no_grad() there is no graph at all; .item() is still the "
-        "right way to add up a number."
-    )
-
-
-say(kept_text(leak, batch))
+print(kept_text(leak, batch))
 
 
 # %% training
-def train(steps=20):
-    """A training loop that keeps `running_loss += loss` as a tensor. backward() frees
-    each step's saved tensors, but the chain of graph nodes behind running_loss grows.
-    Returns (memory in use, nodes reachable from running_loss) after each step."""
-    meter = Meter()
-    torch.manual_seed(0)
-    net = MLP().to(device)
-    optimizer = optim.Adam(net.parameters(), lr=1e-3)
-    meter.see(*net.parameters())
-    loader = DataLoader(Subset(test_loader.dataset, range(steps * 64)), batch_size=64)
-    running_loss, history = 0, []
+def train(net, loader, optimizer):
+    """A training loop that keeps the same mistake: running_loss += loss."""
+    running_loss = 0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        meter.see(images, labels)
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
-            loss = criterion(net(images), labels)
+        loss = criterion(net(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        meter.see(loss, *(p.grad for p in net.parameters()))
-        meter.see(*(v for s in optimizer.state.values() for v in s.values()))
         running_loss += loss
-        history.append((meter.now(), graph_nodes(running_loss)))
-    return history
+    return running_loss
 
 
-def graph_nodes(tensor):
-    """How many autograd nodes can be reached from a tensor's grad_fn."""
-    seen, todo = set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            todo += [next_node for next_node, _ in node.next_functions]
-    return len(seen)
-
-
-history = train()
+net = MLP().to(device)
+optimizer = optim.Adam(net.parameters(), lr=1e-3)
+loader = DataLoader(Subset(test_loader.dataset, range(20 * 64)), batch_size=64)
+with memory_after_each_step(loader, net, criterion, optimizer=optimizer) as memory:
+    running_loss = train(net, loader, optimizer)
+history = list(zip(memory, nodes_after_each_step(running_loss)))
 for step in (1, 2, 10, 20):
     used, nodes = history[step - 1]
     print(
         f"training step {step:>2}: {used:>9,} bytes ({METHOD}), {nodes:>3} graph nodes"
     )
-memory_growth = history[-1][0] - history[1][0]
-node_growth = (history[-1][1] - history[1][1]) / (len(history) - 2)
-
-
-def training_text(steps, memory_growth, node_growth, step_batch):
-    """What running_loss kept from step 2 to the last step: backward freed each step's
-    saved tensors only if memory grew by less than one batch a step."""
-    grew = f"from step 2 to step {steps} memory grew by {memory_growth:,} bytes"
-    if memory_growth < (steps - 2) * step_batch:
-        text = (
-            "In training, backward() has already freed each step's saved tensors: "
-            f"{grew}"
-        )
-    else:
-        text = (
-            f"In training, {grew}, at least a batch ({step_batch:,} bytes) a step: "
-            "tensors of every step are still alive"
-        )
-    if node_growth > 0:
-        return (
-            f"{text}, but the graph behind running_loss grew by {node_growth:.0f} "
-            "nodes a step (host memory, outside the tensors)."
-        )
-    return f"{text}, and the graph behind running_loss did not grow."
-
-
-step_batch = 64 * (images[0].nbytes + labels[0].nbytes)  # train()'s batches of 64
-say(training_text(len(history), memory_growth, node_growth, step_batch))
+steps = len(history)  # growth from step 2 on: step 1 also made Adam's state
+growth = history[-1][0] - history[1][0], (history[-1][1] - history[1][1]) / (steps - 2)
+print(training_text(steps, *growth, step_batch=64 * batch // 1000))
 
 # %% chart
+# The chart: memory after each step, adding up the loss as a tensor or as a number.
 MiB = 2**20
 steps = range(1, len(leak) + 1)
 fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -321,3 +463,9 @@ ax.grid(True, alpha=0.3)
 ax.legend()
 plt.tight_layout()
 plt.show()
+
+# %% exercise-batch-500
+half = DataLoader(test_loader.dataset, batch_size=500)
+with memory_after_each_step(half, model, criterion) as memory:
+    evaluate(model, half)
+print(f"Growth per step with the tensor sum at batch 500: {per_step(memory)}")

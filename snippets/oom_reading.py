@@ -1,12 +1,9 @@
 # %% setup
-# Reading an out-of-memory error. On CUDA: a real torch.cuda.OutOfMemoryError,
-# provoked under a memory limit set with torch.cuda.set_per_process_memory_fraction,
-# caught, and each number of its message explained; torch.cuda.memory_summary(); and a
-# memory snapshot, recorded with torch.cuda.memory._record_memory_history and saved with
-# torch.cuda.memory._dump_snapshot, which opens in https://pytorch.org/memory_viz. The
-# limit is removed at the end.
-# On the CPU there is no CUDA out-of-memory error, no allocator summary and no
-# snapshot: this file says so, and shows what the CPU offers instead.
+# Setup the cells below need: imports, the device, the sizes, and on CUDA the limit.
+# HOLD and REQUEST: what to hold and what to ask for. On CUDA a 2 GiB limit (a pretend
+# card) and the allocator's history, switched on for a snapshot at the end.
+# On CUDA the request fails with torch.OutOfMemoryError; on the CPU, 2**60 bytes
+# fail with the CPU allocator's RuntimeError.
 import os
 import re
 import tempfile
@@ -19,45 +16,54 @@ device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
 print(f"Device: {device}" + gpu)
 KiB, MiB, GiB = 2**10, 2**20, 2**30
+HOLD = GiB  # bytes the process holds in a tensor it keeps
 
 
 def say(text):
-    """Print a long sentence in lines of at most 88 characters."""
-    print(textwrap.fill(text, 88, break_on_hyphens=False))
+    """Print text in lines of at most 88 characters, paragraph by paragraph."""
+    for paragraph in text.splitlines():
+        print(textwrap.fill(paragraph, 88, break_on_hyphens=False))
 
 
-def rss():
-    """This process's resident memory now and its peak so far (bytes), read from
-    /proc/self/status (Linux), or None where there is no /proc. (The kernel updates
-    these counters lazily: they can be off by a few pages.)"""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-    except OSError:
-        return None
-    return tuple(int(fields[key].split()[0]) * KiB for key in ("VmRSS", "VmHWM"))
-
-
+recording = False  # the CUDA allocator's history, for a snapshot at the end
 if device.type == "cuda":
+    REQUEST = 3 * GiB // 2  # 1.5 GiB more: over the limit
     free, total = torch.cuda.mem_get_info()
-    LIMIT = 2 * GiB  # the pretend card: this process may reserve at most 2 GiB
+    LIMIT = 2 * GiB  # this process may reserve at most 2 GiB
     print(f"GPU: {total:,} bytes in all, {free:,} free now (mem_get_info)")
-    print(f"Limit for this process: {LIMIT:,} bytes = {LIMIT / GiB:.0f} GiB")
+    print(f"Limit for this process: {LIMIT:,} bytes")
+    try:  # a private API: it may change between releases
+        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
+        recording = True
+    except (AttributeError, RuntimeError, TypeError) as error:
+        print(f"No allocator history here ({type(error).__name__}: {error})")
+    torch.cuda.set_per_process_memory_fraction(LIMIT / total)
 else:
-    say(
-        "On the CPU there is no CUDA out-of-memory error, no allocator summary and no "
-        "allocator snapshot: the cells below say what the CPU offers instead."
-    )
+    REQUEST = 2**60  # bytes: more than any machine has, or can even address
+
+# %% provoke
+held = torch.empty(HOLD, dtype=torch.uint8, device=device)  # kept
+try:
+    more = torch.empty(REQUEST, dtype=torch.uint8, device=device)
+    message = "no error: this machine allowed it"
+except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError too
+    message = f"{type(error).__name__}: {error}"
+print(f"Holding {held.nbytes:,} bytes, then asking for {REQUEST:,} more:")
+say(message)
 
 # %% reader
+# The reader the cells below need: parse_oom_message, oom_cause and the table's rows.
+# parse_oom_message: each part of a message, in bytes; oom_cause: the four rules; row
+# and process_notes: how the table below prints them.
 UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 SIZE = r"([\d.]+) (bytes|KiB|MiB|GiB|TiB)"
 # One pattern per part, for every layout PyTorch has printed: 1.0-1.3 "(GPU 0; ...;
 # F free; C cached)", 1.4-2.0 "(...; F free; [L allowed; ]R reserved in total by
 # PyTorch)", 2.1 and later "GPU 0 has a total capacity of T of which F is free.
-# [Process N has P memory in use. ...] ..." (2.1 printed "capacty").
+# [Process N has P memory in use. ...] ..." (2.1 printed "capacty"). The CPU's
+# allocator says only "you tried to allocate N bytes".
 PARTS = {
-    "requested": r"Tried to allocate " + SIZE,
+    "requested": r"Tried to allocate " + SIZE + r"|you tried to allocate (\d+) (bytes)",
     "capacity": SIZE + r" total capacity|total capaci?ty of " + SIZE,
     "free": SIZE + r" free[;)]|of which " + SIZE + " is free",
     "this_process": r"this process has " + SIZE + " memory in use",
@@ -71,7 +77,7 @@ PARTS = {
 
 
 def parse_oom_message(text):
-    """The numbers of a CUDA out-of-memory message, in bytes (int, from the message's
+    """The numbers of an out-of-memory message, in bytes (int, from the message's
     rounded values; KiB, MiB, GiB are 1024-based), None where this layout has no such
     part: requested, capacity, free (on the whole GPU), this_process (what it uses,
     CUDA context included), other_processes (a list of {"pid", "bytes"}), allowed (a
@@ -97,8 +103,11 @@ def parse_oom_message(text):
 def oom_cause(parts):
     """Why the request failed, from what the message says was left: the limit of a
     memory fraction, more than free plus cached, cached memory in pieces, or a
-    refusal although the device reported enough free."""
+    refusal although the device reported enough free. A message without the
+    allocator's numbers (the CPU's) names only the request."""
     request, free = parts["requested"], parts["free"]
+    if free is None:
+        return "no allocator numbers: the message names only the request"
     cached = parts["reserved_unallocated"] or 0
     held = (parts["allocated"] or 0) + cached
     if parts["allowed"] is not None and held + request > parts["allowed"]:
@@ -112,73 +121,50 @@ def oom_cause(parts):
     return "refused although the device reported more free than the request"
 
 
-# %% provoke
-message = None
-if device.type == "cuda":
-    try:  # a private API: it may change between releases
-        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
-        recording = True
-    except (AttributeError, RuntimeError, TypeError) as error:
-        print(f"No allocator history here ({type(error).__name__}: {error})")
-        recording = False
-    torch.cuda.set_per_process_memory_fraction(LIMIT / total)
-    held = torch.empty(GiB, dtype=torch.uint8, device=device)  # 1 GiB, kept
-    try:
-        more = torch.empty(3 * GiB // 2, dtype=torch.uint8, device=device)  # 1.5 GiB
-    except torch.cuda.OutOfMemoryError as error:
-        message = str(error)
-    print(f"Holding {held.nbytes:,} bytes, then asking for {3 * GiB // 2:,} more:")
-    if message is None:
-        print("no error: this GPU's allocator allowed it")
-    else:
-        print("torch.cuda.OutOfMemoryError:")
-        for paragraph in message.splitlines():
-            say(paragraph)
-else:
-    request = 2**60  # bytes: more than any machine has, or can even address
-    try:
-        torch.empty(request, dtype=torch.uint8)
-    except RuntimeError as error:
-        message = str(error)
-    print(f"torch.empty({request:,} bytes) on the CPU:")
-    print("no error: this machine allowed it" if message is None else "RuntimeError:")
-    if message is not None:
-        say(message)
+def shown(value):
+    """One part of a parsed message, as the tables below print it."""
+    if isinstance(value, list):  # other processes
+        return ", ".join(f"{p['pid']}: {p['bytes']:,}" for p in value) or "none"
+    return "not in this message" if value is None else f"{value:,} bytes"
+
+
+def row(parts):
+    """Requested, free, cached and allowed, in MiB ('-' where the message has none)."""
+    keys = ("requested", "free", "reserved_unallocated", "allowed")
+    cells = ["-" if parts[k] is None else f"{parts[k] / MiB:,.2f}" for k in keys]
+    return f"{cells[0]:>10} {cells[1]:>10} {cells[2]:>10} {cells[3]:>9}"
+
+
+def process_notes(parts):
+    """The 'Process N has' lines: one larger than all PyTorch holds is most likely
+    this very process, seen from outside its container; the rest, added up."""
+    held = (parts["allocated"] or 0) + (parts["reserved_unallocated"] or 0)
+    notes, others = [], []
+    for p in parts["other_processes"]:
+        if p["bytes"] >= held:
+            mib = f"{p['bytes'] / MiB:,.2f} MiB"
+            notes.append(
+                f"process {p['pid']}: {mib}, more than PyTorch holds: this one?"
+            )
+        else:
+            others.append(p["bytes"])
+    if others:
+        used = f"{sum(others) / MiB:,.2f} MiB"
+        notes.append(f"other processes: {len(others)}, {used} in all")
+    return notes
+
 
 # %% explain
-if device.type == "cuda" and message is not None:
-    parts = parse_oom_message(message)
-    for key, value in parts.items():
-        if key == "other_processes":
-            shown = ", ".join(f"{p['pid']}: {p['bytes']:,}" for p in value) or "none"
-        else:
-            shown = "not in this message" if value is None else f"{value:,} bytes"
-        print(f"{key:<22} {shown}")
-    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    print(f"Now: memory_allocated {allocated:,} bytes, memory_reserved {reserved:,}")
-    print(f"cause: {oom_cause(parts)}")
-elif message is not None:
-    found = re.search(r"tried to allocate \d+ bytes", message)
-    if found:
-        print(f"'{found.group(0)}'")
-        say(f"    the request: 2**60 = {2**60:,} bytes = {2**60 / 2**40:,.0f} TiB")
-    code = re.search(r"Error code \d+ \([^)]*\)", message)
-    if code:
-        print(f"'{code.group(0)}'")
-        say("    the operating system's answer (errno ENOMEM): it would not give that")
-    say(
-        "The CPU's message names only the request. Nothing says how much is in use, "
-        "because the CPU has no caching allocator keeping count: PyTorch takes host "
-        "memory from the C library. And a request the machine could hold in "
-        "principle usually succeeds even when that memory is in use elsewhere: Linux "
-        "overcommits, and when the pages are finally written and run out, the "
-        "kernel's out-of-memory killer ends the process, with no Python exception "
-        "('Killed', exit status 137)."
-    )
+parts = parse_oom_message(message)
+for key, value in parts.items():
+    if value is not None:
+        print(f"{key:<22} {shown(value)}")
+print(f"absent: {', '.join(k for k, v in parts.items() if v is None) or 'none'}")
+print(f"cause: {oom_cause(parts)}")
 
-# %% real-messages
-# Out-of-memory messages as learners met them, quoted from public reports (each with
-# its source), one or two per layout PyTorch has printed.
+# %% reported
+# The messages the next cell reads: seven real ones, each with its source.
+# Learners posted them with their questions; one or two per layout PyTorch printed.
 REPORTED = [
     (  # github.com/pytorch/pytorch/pull/13751 (the message as 1.0 introduced it)
         "CUDA out of memory. Tried to allocate 16.00 GiB (GPU 0; 11.93 GiB total "
@@ -220,87 +206,80 @@ REPORTED = [
         "reserved by PyTorch but unallocated."
     ),
 ]
+
+# %% real-messages
 print("MiB; cached: reserved by PyTorch but unallocated")
 print(f"{'':>2} {'requested':>10} {'free':>10} {'cached':>10} {'allowed':>9}")
 for number, text in enumerate(REPORTED, start=1):
     parts = parse_oom_message(text)
-    shown = [
-        "-" if parts[key] is None else f"{parts[key] / MiB:,.2f}"
-        for key in ("requested", "free", "reserved_unallocated", "allowed")
-    ]
-    print(f"{number:>2} {shown[0]:>10} {shown[1]:>10} {shown[2]:>10} {shown[3]:>9}")
+    print(f"{number:>2} {row(parts)}")
     print(f"   {oom_cause(parts)}")
-    held = (parts["allocated"] or 0) + (parts["reserved_unallocated"] or 0)
-    others = [p for p in parts["other_processes"] if p["bytes"] < held]
-    for p in parts["other_processes"]:
-        if p["bytes"] >= held:  # a container shows this process under another PID
-            mib = f"{p['bytes'] / MiB:,.2f} MiB"
-            print(f"   process {p['pid']}: {mib}, more than PyTorch holds: this one?")
-    if others:
-        used = sum(p["bytes"] for p in others) / MiB
-        print(f"   other processes: {len(others)}, {used:,.2f} MiB in all")
+    for note in process_notes(parts):
+        print(f"   {note}")
+
 
 # %% summary
+# The allocator's own table on CUDA (memory_summary); on the CPU, the process's RSS.
+# The CPU has no allocator table: its resident memory around a 256 MiB tensor instead.
+def rss():
+    """This process's resident memory now (bytes), from /proc/self/status (Linux),
+    or None where there is no /proc. The kernel updates it lazily: it can be off by
+    a few pages."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+    except OSError:
+        return None
+    return int(fields["VmRSS"].split()[0]) * KiB
+
+
 if device.type == "cuda":
     print("torch.cuda.memory_summary(abbreviated=True):")
     for line in torch.cuda.memory_summary(abbreviated=True).splitlines():
         print(line[:88])
 else:
-    say(
-        "torch.cuda.memory_summary() describes the CUDA caching allocator; the CPU has "
-        "none. What the CPU offers is the operating system's view of the whole "
-        "process: its resident memory (RSS), read here from /proc/self/status."
-    )
     before = rss()
     block = torch.ones(256 * MiB // 4)  # 256 MiB of float32, written: pages in use
-    during = rss()
-    size = block.nbytes
+    during, size = rss(), block.nbytes
     del block
     after = rss()
     if before is None:
         print("(no /proc here: the RSS is not available)")
     else:
-        for label, (now, _) in (
-            ("RSS before", before),
-            (f"RSS holding a tensor of {size:,} bytes", during),
-            ("RSS after del", after),
-        ):
-            print(f"{label:<42} {now:>13,} bytes")
-        say(
-            f"The RSS grew by {during[0] - before[0]:,} bytes for the tensor's "
-            f"{size:,}. It counts whole pages of everything in the process, not "
-            f"tensors, so it also moves with Python, libraries and freed memory the C "
-            f"library keeps, and it changes from run to run."
-        )
-
+        print(f"{'RSS before':<42} {before:>13,} bytes")
+        print(f"{f'RSS holding a tensor of {size:,} bytes':<42} {during:>13,} bytes")
+        print(f"{'RSS after del':<42} {after:>13,} bytes")
+        print(f"The RSS grew by {during - before:,} bytes for the tensor's {size:,}")
 
 # %% snapshot
+# The allocator's history saved as a snapshot file for pytorch.org/memory_viz (CUDA).
 if device.type == "cuda" and recording:
     path = os.path.join(tempfile.gettempdir(), "oom_snapshot.pickle")
     torch.cuda.memory._dump_snapshot(path)
     torch.cuda.memory._record_memory_history(enabled=None)  # stop recording
     print(f"Snapshot written: {path} ({os.path.getsize(path):,} bytes)")
-    say(
-        "Open https://pytorch.org/memory_viz and drop the file on the page: it runs in "
-        "your browser, uploads nothing, and shows every allocation over time with the "
-        "Python stack that made it, the failed request included."
-    )
-elif device.type == "cuda":
-    print("No snapshot: the allocator's history could not be recorded here.")
 else:
-    say(
-        "No snapshot either: torch.cuda.memory._record_memory_history records the "
-        "CUDA allocator's history, and there is none on the CPU. On the CPU, count "
-        "tensor bytes as this chapter does, or use torch.profiler with "
-        "profile_memory=True."
-    )
+    print("No snapshot: there is no allocator history to save here.")
 
 # %% reset
+# The limit removed and the held tensor freed, so that nothing stays behind (CUDA).
+del held
 if device.type == "cuda":
-    del held
     torch.cuda.set_per_process_memory_fraction(1.0)
     torch.cuda.empty_cache()
     allocated = torch.cuda.memory_allocated()
     print(f"Limit removed (fraction 1.0); memory_allocated {allocated:,} bytes")
 else:
     print("Nothing to reset on the CPU: no limit was set.")
+
+# %% exercise-message
+EXERCISE = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+    "23.65 GiB of which 1.50 GiB is free. Including non-PyTorch memory, this process "
+    "has 22.13 GiB memory in use. Of the allocated memory 18.40 GiB is allocated by "
+    "PyTorch, and 3.20 GiB is reserved by PyTorch but unallocated."
+)
+parts = parse_oom_message(EXERCISE)
+print(f"{'':>2} {'requested':>10} {'free':>10} {'cached':>10} {'allowed':>9}  (MiB)")
+print(f"{'':>2} {row(parts)}")
+print(f"cause: {oom_cause(parts)}")

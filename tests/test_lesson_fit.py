@@ -228,15 +228,16 @@ def test_checkpointing_saves_activation_memory(recorded):
     assert block == 512 * 1024 * 4
     memory = cell_output(rec, "memory")
     kept = {m[0]: number(m[1]) for m in re.findall(rf"^(\S.*?)\s+{BYTES} bytes =\s+[\d.]+ MiB$", memory, re.M)}
-    assert list(kept) == ["no checkpointing", "every block", "runs of 2 blocks", "runs of 4 blocks",
-                          "runs of 8 blocks"]
+    assert list(kept) == ["no checkpointing", "every block", "runs of 4 blocks", "runs of 8 blocks"]
     logits_and_loss = 512 * 10 * 4 + 4
     assert kept["no checkpointing"] == 8 * block + logits_and_loss == kept["every block"]
-    assert kept["runs of 2 blocks"] == 4 * block + logits_and_loss
     assert kept["runs of 4 blocks"] == 2 * block + logits_and_loss
     assert kept["runs of 8 blocks"] == block + logits_and_loss
     saving = kept["no checkpointing"] - kept["runs of 4 blocks"]
     assert f"Runs of 4 blocks keep {saving:,} bytes less than no checkpointing" in memory
+    exercise = cell_output(rec, "exercise-runs-of-2")
+    assert f"runs of 2 blocks: {4 * block + logits_and_loss:,} bytes kept for backward" in exercise
+    assert f"= 4 block outputs + {logits_and_loss:,} bytes" in exercise
 
 
 def test_checkpointing_prints_both_times_and_their_ratio(recorded):
@@ -251,19 +252,18 @@ def test_checkpointing_prints_both_times_and_their_ratio(recorded):
 
 def test_oom_reading_says_plainly_what_the_cpu_has_instead(recorded):
     rec = recorded("oom_reading")
-    setup = cell_output(rec, "setup")
-    assert "On the CPU there is no CUDA out-of-memory error, no allocator summary" in setup
     provoke = cell_output(rec, "provoke")
-    assert f"torch.empty({2**60:,} bytes) on the CPU:\nRuntimeError:\n" in provoke
+    assert provoke.startswith(f"Holding {2**30:,} bytes, then asking for {2**60:,} more:\nRuntimeError: ")
     assert re.search(r"tried to\s+allocate\s+1152921504606846976\s+bytes", provoke)
     explain = cell_output(rec, "explain")
-    assert "'tried to allocate 1152921504606846976 bytes'" in explain
-    assert "out-of-memory killer ends the process, with no Python exception" in explain.replace("\n", " ")
+    assert re.search(rf"^requested\s+{2**60:,} bytes$", explain, re.M)
+    assert "absent: capacity, free, this_process, allowed, allocated, reserved_unallocated\n" in explain
+    assert explain.endswith("cause: no allocator numbers: the message names only the request\n")
     summary = cell_output(rec, "summary")
-    assert "torch.cuda.memory_summary() describes the CUDA caching allocator; the CPU has" in summary
     rss = {m[0]: number(m[1]) for m in re.findall(rf"^(RSS [^\d]+?)(?: of [\d,]+ bytes)?\s+{BYTES} bytes$",
                                                      summary, re.M)}
     assert set(rss) == {"RSS before", "RSS holding a tensor", "RSS after del"}
     assert rss["RSS holding a tensor"] - rss["RSS before"] >= 256 * 2**20 * 0.9   # the tensor's pages are there
-    assert "No snapshot either" in cell_output(rec, "snapshot")
+    assert f"The RSS grew by {rss['RSS holding a tensor'] - rss['RSS before']:,} bytes" in summary
+    assert cell_output(rec, "snapshot").startswith("No snapshot")
     assert cell_output(rec, "reset") == "Nothing to reset on the CPU: no limit was set.\n"

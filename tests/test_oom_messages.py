@@ -15,12 +15,12 @@ KiB, MiB, GiB = 2**10, 2**20, 2**30
 
 @pytest.fixture(scope="module")
 def reader() -> dict:
-    """The snippet's namespace after its setup, reader and real-messages cells (no GPU needed)."""
+    """The snippet's namespace after its setup, reader, reported and real-messages cells (no GPU needed)."""
     path = snippets.SNIPPETS_DIR / "oom_reading.py"
     namespace = {"__name__": "__main__", "__file__": str(path)}
     with contextlib.redirect_stdout(io.StringIO()):
         for cell in snippets.cells(path):
-            if cell.name in ("setup", "reader", "real-messages"):
+            if cell.name in ("setup", "reader", "reported", "real-messages"):
                 exec(compile(cell.source, str(path), "exec"), namespace)
     return namespace
 
@@ -107,6 +107,22 @@ def test_another_process_line_is_never_this_process(reader):
     """'Process N has ...' goes to other_processes; only 'this process has ...' is this process."""
     parts = reader["parse_oom_message"](LAYOUTS["2.1, 'capacty', a Process line"][0])
     assert parts["this_process"] is None and parts["other_processes"][0]["pid"] == 20398
+
+
+def test_the_cpu_message_names_only_the_request(reader):
+    parts = reader["parse_oom_message"](
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 1152921504606846976 bytes. Error code 12 (Cannot allocate memory)")
+    assert parts["requested"] == 2**60
+    assert all(value is None for key, value in parts.items() if key not in ("requested", "other_processes"))
+    assert reader["oom_cause"](parts).startswith("no allocator numbers")
+
+
+def test_the_exercise_message_is_fragmentation(recorded):
+    from conftest import cell_output
+    text = cell_output(recorded("oom_reading"), "exercise-message")
+    assert "2,048.00   1,536.00   3,276.80" in text
+    assert text.endswith("cause: fragmentation: free + cached would hold it, but not in one piece\n")
 
 
 def test_the_recorded_cell_states_each_cause(recorded):
