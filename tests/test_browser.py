@@ -260,26 +260,55 @@ def site_pages(site: Path) -> list[str]:
                   for p in site.rglob("index.html") if "assets" not in p.parts and p.parent.name != "search")
 
 
+def one_of_each(every: list[str]) -> list[str]:
+    """A page of each type in each edition: home, a chapter, a notebook, the calculator, a reference page, …"""
+    return sorted({url.split("/")[0] if not url.startswith("zh/") else "zh/" + url[3:].split("/")[0]: url
+                   for url in every}.values())
+
+
+def _axe_contrast(axe, page, label) -> list[str]:
+    result = axe.run(page, options={"runOnly": ["color-contrast"]}).response["violations"]
+    return [f"{label}: {node['target']} {node.get('any', [{}])[0].get('message', '')[:120]}"
+            for v in result for node in v["nodes"]]
+
+
 @pytest.fixture(scope="module")
 def layout(browser, server, site):
-    """Every page at 1280 px and at 390 px: its code and output boxes, its figures and its height."""
-    found = {}
-    for width in WIDTHS:
-        context = browser.new_context(base_url=server, viewport={"width": width, "height": 900})
+    """Every page at 1280 px and at 390 px, visited once per width: its code and output boxes, its figures and its
+    height, and axe's colour-contrast rule (text and syntax tokens at least 4.5:1, folds open) in the scheme of
+    that pass: at 1280 px every English page and a Chinese page of each type in the dark scheme (the crawl runs
+    every rule in the light one); at 390 px a page of each type in each edition in the light scheme, and
+    (``contrast_dark_390``) in the dark one."""
+    from axe_playwright_python.sync_playwright import Axe
+    axe, found, contrast = Axe(), {}, {}
+    every = site_pages(site)
+    checked = {1280: set(url for url in every if not url.startswith("zh/")) | set(one_of_each(every)),
+               390: set(one_of_each(every))}
+    for width, scheme in ((1280, "dark"), (390, "light")):
+        context = browser.new_context(base_url=server, viewport={"width": width, "height": 900}, color_scheme=scheme)
         page = context.new_page()
-        for url in site_pages(site):
+        for url in every:
             page.goto(url, wait_until="load")
             found[(width, url)] = page.evaluate(LAYOUT_JS)
+            if url in checked[width]:
+                assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == (
+                    "slate" if scheme == "dark" else "default")
+                contrast[(width, scheme, url)] = _axe_contrast(axe, page, f"{scheme} {width} px {url or 'home'}")
         context.close()
     heights = {url: data["height"] for (width, url), data in found.items() if width == 1280}
     print("\npage heights at 1280 px (screens of 900 px): "
           + ", ".join(f"{url or 'home'} {h} ({h / 900:.1f})" for url, h in sorted(heights.items())))
+    found["contrast"] = contrast
     return found
+
+
+def pages_of(layout):
+    return {key: data for key, data in layout.items() if key != "contrast"}
 
 
 def test_code_never_wraps_and_what_is_too_wide_scrolls_visibly(layout):
     problems = []
-    for (width, url), data in layout.items():
+    for (width, url), data in pages_of(layout).items():
         for box in data["boxes"]:
             if not box["visible"]:
                 continue           # in a tab that is not selected
@@ -292,7 +321,7 @@ def test_code_never_wraps_and_what_is_too_wide_scrolls_visibly(layout):
 
 
 def test_chapter_code_fits_its_box_at_1280_px(layout):
-    wide = [f"{url}: {box['text']!r}" for (width, url), data in layout.items()
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in pages_of(layout).items()
             if width == 1280 and url.startswith("chapters/") for box in data["boxes"]
             if box["python"] and box["visible"] and box["scrolls"]]
     assert not wide, "code wider than its box at 1280 px:\n" + "\n".join(wide)
@@ -300,8 +329,8 @@ def test_chapter_code_fits_its_box_at_1280_px(layout):
 
 def test_notebook_code_fits_its_box_at_1280_px_as_chapter_code_does(layout):
     """A snippet's lines are at most 88 columns; at 1280 px its notebook page shows them whole, as a chapter does."""
-    notebooks = [url for (width, url) in layout if width == 1280 and "notebooks/" in url]
-    wide = [f"{url}: {box['text']!r}" for (width, url), data in layout.items()
+    notebooks = [url for (width, url) in pages_of(layout) if width == 1280 and "notebooks/" in url]
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in pages_of(layout).items()
             if width == 1280 and "notebooks/" in url for box in data["boxes"]
             if box["notebook_code"] and box["visible"] and box["scrolls"]]
     assert len(notebooks) >= 2 * len(snippets.find()) and not wide, "notebook code cut at 1280 px:\n" + "\n".join(wide)
@@ -309,16 +338,16 @@ def test_notebook_code_fits_its_box_at_1280_px_as_chapter_code_does(layout):
 
 def test_every_page_is_at_most_twelve_screens_at_1280_px_with_folds_closed(layout):
     long = [f"{url or 'home'}: {data['height']} px = {data['height'] / 900:.1f} screens"
-            for (width, url), data in layout.items() if width == 1280 and data["height"] > 12 * 900]
+            for (width, url), data in pages_of(layout).items() if width == 1280 and data["height"] > 12 * 900]
     assert not long, "pages over 12 screens of 900 px:\n" + "\n".join(sorted(long))
 
 
 def test_pages_keep_their_height_while_figures_load(layout):
     """Every figure carries its width and height, so a page does not grow under the reader as images arrive."""
-    unsized = [f"{width} px {url}: {f['src']}" for (width, url), data in layout.items() for f in data["figures"]
+    unsized = [f"{width} px {url}: {f['src']}" for (width, url), data in pages_of(layout).items() for f in data["figures"]
                if not f["sized"]]
     jumps = [f"{width} px {url or 'home'}: {data['before']} -> {data['height']} px"
-             for (width, url), data in layout.items() if data["height"] != data["before"]]
+             for (width, url), data in pages_of(layout).items() if data["height"] != data["before"]]
     assert not unsized and not jumps, "\n".join(unsized[:20] + jumps)
 
 
@@ -355,40 +384,35 @@ def test_every_syntax_token_in_code_reaches_4_5_to_1(browser, server, scheme):
 def test_figures_are_drawn_at_high_pixel_density(layout):
     """A figure's PNG is at least 1.5 times as wide, in pixels, as it is shown, at both widths."""
     blurry = [f"{width} px {url}: {f['src']} natural {f['natural']} px, shown {f['shown']:.0f} px"
-              for (width, url), data in layout.items() for f in data["figures"]
+              for (width, url), data in pages_of(layout).items() for f in data["figures"]
               if f["shown"] > 0 and f["natural"] < 1.5 * f["shown"]]
-    shown = sum(1 for data in layout.values() for f in data["figures"] if f["shown"] > 0)
+    shown = sum(1 for data in pages_of(layout).values() for f in data["figures"] if f["shown"] > 0)
     assert shown >= 10 and not blurry, "\n".join(blurry)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_contrast_in_the_dark_scheme(browser, server, site, width):
+def test_contrast_in_both_schemes(layout, browser, server, site, width):
     """axe's colour-contrast rule (text and syntax tokens at least 4.5:1): every English page and a Chinese page of
     each type in the dark scheme at 1280 px (the crawl runs every rule in the light scheme); a page of each type in
     each edition, in both schemes, at 390 px."""
     from axe_playwright_python.sync_playwright import Axe
-    axe, found = Axe(), []
-    schemes = ("dark",) if width == 1280 else ("dark", "light")
-    every = site_pages(site)
-    one_of_each = sorted({url.split("/")[0] if not url.startswith("zh/") else "zh/" + url[3:].split("/")[0]: url
-                          for url in every}.values())          # home, a chapter, a notebook, … in each edition
-    english = [url for url in every if not url.startswith("zh/")]
-    for scheme in schemes:
-        context = browser.new_context(base_url=server, viewport={"width": width, "height": 900},
-                                      color_scheme=scheme)
+    found = [line for (w, scheme, url), lines in layout["contrast"].items() if w == width for line in lines]
+    checked = {(w, scheme) for (w, scheme, url) in layout["contrast"] if w == width}
+    if width == 390:                     # the dark scheme at 390 px, a page of each type (light: in the layout pass)
+        axe = Axe()
+        context = browser.new_context(base_url=server, viewport={"width": 390, "height": 900}, color_scheme="dark")
         page = context.new_page()
-        for url in (sorted(set(english) | set(one_of_each)) if width == 1280 else one_of_each):
+        for url in one_of_each(site_pages(site)):
             page.goto(url, wait_until="load")
-            assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == (
-                "slate" if scheme == "dark" else "default")
-            result = axe.run(page, options={"runOnly": ["color-contrast"]}).response["violations"]
-            found += [f"{scheme} {url or 'home'}: {node['target']} {node.get('any', [{}])[0].get('message', '')[:120]}"
-                      for v in result for node in v["nodes"]]
+            page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+            found += _axe_contrast(axe, page, f"dark 390 px {url or 'home'}")
+            checked.add((390, "dark"))
         context.close()
+    assert checked == ({(1280, "dark")} if width == 1280 else {(390, "light"), (390, "dark")})
     assert not found, f"{len(found)} contrast failures:\n" + "\n".join(found[:40])
 
 
-def test_notebook_pages_have_human_titles_in_the_chapters_order(context, server, site):
+def test_notebook_pages_have_human_titles_in_the_chapters_order(site):
     import yaml
     nav = yaml.safe_load((snippets.ROOT / "mkdocs.yml").read_text())["nav"]
     notebooks = next(item["Notebooks"] for item in nav if isinstance(item, dict) and "Notebooks" in item)
@@ -402,19 +426,25 @@ def test_notebook_pages_have_human_titles_in_the_chapters_order(context, server,
             if name not in order:
                 order.append(name)
     assert [Path(path).stem for _, path in titles] == order
+    from bs4 import BeautifulSoup            # the built HTML is what the browser shows here: no scripts change it
     for title, path in titles:
         name = Path(path).stem
         assert title != name and "_" not in title
-        page = Visit(context, server).open(f"notebooks/{name}/")
-        assert page.locator("h1").count() == 1 and page.locator("h1").inner_text() == title
-        intro = page.locator("p.notebook-intro")
-        assert intro.count() == 1 and "Taught in" in intro.inner_text()
-        back = intro.locator("a")
-        href = back.get_attribute("href")
-        assert "chapters/" in href and "#" in href
-        anchor = href.split("#")[1]
-        page.goto(urljoin(page.url, href))
-        assert page.locator(f"[id='{anchor}']").count() == 1, f"{name}: {href} has no such section"
+        page = BeautifulSoup((site / "notebooks" / name / "index.html").read_text(), "html.parser")
+        assert [h.get_text() for h in page.select("h1")] == [title]
+        intro = page.select("p.notebook-intro")
+        assert len(intro) == 1 and "Taught in" in intro[0].get_text()
+        href = intro[0].select_one("a")["href"]      # the chapter's section where the file's first cell is taught
+        target, _, anchor = urljoin(f"notebooks/{name}/", href).partition("#")
+        assert target.startswith("chapters/"), href
+        chapter = BeautifulSoup((site / target / "index.html").read_text(), "html.parser")
+        first = next(m for m in re.finditer(r"<!--\s*cell:\s*([\w-]+)/", (snippets.ROOT / "docs" / (
+            target.rstrip("/") + ".md")).read_text()) if m[1] == name)
+        heading_before = re.search(r"^#{2,3} ", (snippets.ROOT / "docs" / (target.rstrip("/") + ".md")).read_text()[
+            :first.start()], re.M)
+        assert bool(anchor) == bool(heading_before), f"{name}: {href}"   # a section link unless taught at the top
+        if anchor:
+            assert len(chapter.select(f"[id='{anchor}']")) == 1, f"{name}: {href} has no such section"
 
 
 def test_the_last_chapter_does_not_lead_into_the_notebooks(context, server):
