@@ -1,8 +1,9 @@
 # %% setup
-# Setup the cells below need: imports, the device, the MNIST loader, the model, the
-# memory meter (MemoryMeter: the CUDA allocator's counters on a GPU, counted tensor
-# bytes through hooks on the CPU) and the first 1024 MNIST training images, in one
-# batch of 1024 or 16 micro-batches of 64.
+# Setup the cells below need: imports, MNIST, the model, MemoryMeter, print helpers
+# The device; the MNIST loader; the lesson's MLP; the memory meter (MemoryMeter: the
+# CUDA allocator's counters on a GPU, counted tensor bytes through hooks on the CPU);
+# the helpers that print the tables; the first 1024 MNIST training images, in one
+# batch of 1024 or in 16 micro-batches of 64.
 import contextlib
 import io
 import os

@@ -1,8 +1,9 @@
 # %% setup
-# Setup the cells below need: imports, the device, the MNIST loader, the model, the
-# memory meter (MemoryMeter: the CUDA allocator's counters on a GPU, counted tensor
-# bytes through hooks on the CPU), the printing helpers and the first test batch of
-# 1000 images. The model is untrained: memory depends on shapes, not on the weights.
+# Setup the cells below need: imports, MNIST, the model, MemoryMeter, print helpers
+# The device; the MNIST loader; the lesson's MLP; the memory meter (MemoryMeter: the
+# CUDA allocator's counters on a GPU, counted tensor bytes through hooks on the CPU);
+# the helpers that print the tables; the first test batch of 1000 images. The model
+# is untrained: memory depends on shapes, not on what the weights learned.
 import contextlib
 import io
 import os
@@ -344,6 +345,7 @@ results = {mode: run(mode, images, labels) for mode in MODES}
 modes_table(results)
 
 # %% why-1000
+# The peaks of training and evaluation, and what the batch and the parameters take
 train_peak = results["training"][0].peak()[0]
 eval_peak = results["torch.no_grad()"][0].peak()[0]
 batch_bytes = images.nbytes + labels.nbytes
@@ -357,6 +359,7 @@ eval_saved = sum(results["torch.no_grad()"][0].saved.values())
 print(why_fine(eval_saved, eval_peak, batch_bytes))
 
 # %% inference-tensor
+# An inference tensor where autograd must save it: the error, and the clone
 with torch.inference_mode():
     features = torch.relu(images.to(device).flatten(1))  # made in inference_mode
 layer = nn.Linear(784, 10).to(device)

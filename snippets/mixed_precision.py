@@ -1,8 +1,9 @@
 # %% setup
-# Setup the cells below need: imports, the device, autocast's 16-bit type for it, the
-# MNIST loader, the model, the memory meter (MemoryMeter: the CUDA allocator's counters
-# on a GPU, counted tensor bytes through hooks on the CPU), the helpers that sort a
-# step's memory into parts and print them, and the batches.
+# Setup the cells below need: imports, autocast's 16-bit type, MNIST, the model, meter
+# The device and autocast's 16-bit type for it; the MNIST loader; the lesson's MLP;
+# the memory meter (MemoryMeter: the CUDA allocator's counters on a GPU, counted
+# tensor bytes through hooks on the CPU); the helpers that sort a step's memory into
+# parts and print them; the batches.
 import contextlib
 import io
 import os
