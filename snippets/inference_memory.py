@@ -1,5 +1,5 @@
 # %% setup
-# Setup the cells below need: imports, MNIST, the model, MemoryMeter, print helpers
+# Setup the cells below need: imports, MNIST, the model, MemoryMeter, print helpers.
 # The device; the MNIST loader; the lesson's MLP; the memory meter (MemoryMeter: the
 # CUDA allocator's counters on a GPU, counted tensor bytes through hooks on the CPU);
 # the helpers that print the tables; the first test batch of 1000 images. The model

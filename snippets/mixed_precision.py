@@ -1,5 +1,5 @@
 # %% setup
-# Setup the cells below need: imports, autocast's 16-bit type, MNIST, the model, meter
+# Setup the cells below need: imports, autocast's 16-bit type, MNIST, the model, meter.
 # The device and autocast's 16-bit type for it; the MNIST loader; the lesson's MLP;
 # the memory meter (MemoryMeter: the CUDA allocator's counters on a GPU, counted
 # tensor bytes through hooks on the CPU); the helpers that sort a step's memory into
