@@ -26,6 +26,8 @@ MiB = 2**20
 x = torch.randn(BATCH, 1, 28, 28, device=device)
 y = torch.randint(0, 10, (BATCH,), device=device)
 criterion = nn.CrossEntropyLoss()
+# warm-up on a throwaway layer: on CUDA, cuBLAS's workspaces are allocated once, here
+nn.Linear(784, WIDTH).to(device)(x.flatten(1)).sum().backward()
 
 
 class MemoryMeter:
@@ -240,8 +242,6 @@ params = sum(p.numel() for p in model.parameters())
 print(f"{DEPTH} blocks of Linear + ReLU, {WIDTH} wide, then Linear to 10")
 print(f"{params:,} parameters = {params * 4:,} bytes (float32); batch {BATCH}")
 print(f"One block's output at batch {BATCH}: {BATCH * WIDTH * 4:,} bytes (float32)")
-criterion(model(x), y).backward()  # warm-up (CUDA: cuBLAS's workspaces)
-model.zero_grad(set_to_none=True)
 
 
 # %% checkpointed

@@ -122,10 +122,10 @@ def oom_cause(parts):
 
 
 def shown(value):
-    """One part of a parsed message, as the tables below print it."""
+    """One part of a parsed message, in bytes, as the cell below prints it."""
     if isinstance(value, list):  # other processes
         return ", ".join(f"{p['pid']}: {p['bytes']:,}" for p in value) or "none"
-    return "not in this message" if value is None else f"{value:,} bytes"
+    return f"{value:,} bytes"
 
 
 def row(parts):
