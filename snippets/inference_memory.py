@@ -374,16 +374,18 @@ print(f"features.clone() is a normal tensor: is_inference={copied.is_inference()
 # The chart: memory at each reading of the three modes (MemoryMeter's readings)
 MiB = 2**20
 fig, ax = plt.subplots(figsize=(7, 3.3))
-for (mode, (meter, _)), style in zip(results.items(), ("-", "--", ":")):
-    values = [b / MiB for _, b in meter.readings]
-    ax.plot(range(len(values)), values, style, marker="o", label=mode)
 readings = [label for label, _ in results["training"][0].readings]  # the longest
+for (mode, (meter, _)), style in zip(results.items(), ("-", "--", ":")):
+    where = [readings.index(label) for label, _ in meter.readings]
+    values = [b / MiB for _, b in meter.readings]
+    ax.plot(where, values, style, marker="o", label=mode)
 ax.set_xticks(range(len(readings)), readings, rotation=35, ha="right")
 ax.set_xlabel("reading, in the order taken, for the batch of 1000")
 ax.set_ylabel(f"memory in use (MiB, {METHOD})")
 ax.set_title("The same test batch: training vs no_grad vs inference_mode")
+ax.set_ylim(bottom=0)
 ax.grid(True, alpha=0.3)
-ax.legend()
+ax.legend(loc="lower right")
 plt.tight_layout()
 plt.show()
 
