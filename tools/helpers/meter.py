@@ -1,6 +1,7 @@
 # The memory meter the chapter 6 snippets carry, word for word (python -m tools.shared
-# copies it into every snippet that defines MemoryMeter; tests/test_snippet_rules.py
-# checks that no copy differs). It wraps the code it measures, so the loops a learner
+# copies it into every snippet that defines MemoryMeter; `python -m tools.shared
+# --check` and tests/test_mnist_failures.py fail when a copy differs, and
+# tests/test_meter.py tests it). It wraps the code it measures, so the loops a learner
 # reads stay plain:
 #
 #     with MemoryMeter(model, criterion, optimizer=optimizer) as meter:
