@@ -1,9 +1,8 @@
 # %% setup
-# What batch size changes: (a) training speed (samples per second) and the peak memory
-# of a training step, from 16 to 4096;
-# (b) test accuracy after the same number of epochs with the same learning rate: bigger
-# batches take fewer steps.
-# MNIST is preprocessed once into tensors on the device, so the timings measure
+# Setup the cells below need: imports, the device, MNIST as two tensors on the device,
+# the model, one training step, the meter of a training step's peak memory, and the
+# helpers the tables use.
+# MNIST is preprocessed once into tensors on the device, so that the timings measure
 # training, not image decoding.
 import contextlib
 import io
@@ -13,7 +12,6 @@ import re
 import socket
 import statistics
 import sys
-import textwrap
 import time
 
 import matplotlib.pyplot as plt
@@ -116,18 +114,52 @@ def train_step(model, optimizer, images, labels):
     return loss
 
 
-if ALLOCATOR:
-    PEAK_LABEL = "CUDA allocator peak above baseline"
-    COUNTED = (
-        "max_memory_allocated() over two steps, minus what was allocated before "
-        "them (the dataset on the GPU, cuBLAS's workspaces)"
-    )
-else:
-    PEAK_LABEL = "counted tensor bytes"
-    COUNTED = (
-        "parameters, gradients, Adam's state, batch, logits, loss, and what "
-        "autograd saved for backward, each storage once, after each event"
-    )
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # GPU work is asynchronous: wait, then read a clock
+
+
+def first_batches(batch_size):
+    """The first two training batches of this size, in host memory as a DataLoader
+    gives them: the peak counts moving them to the device."""
+    return [
+        (
+            train_images[i * batch_size : (i + 1) * batch_size].cpu().clone(),
+            train_labels[i * batch_size : (i + 1) * batch_size].cpu().clone(),
+        )
+        for i in range(2)
+    ]
+
+
+def spread(values):
+    """Half the range from the lowest to the highest value, in % of their median."""
+    return 100 * (max(values) - min(values)) / 2 / statistics.median(values)
+
+
+def last_doubling_text(runs, before, last):
+    """The median's change over the last doubling, and whether the timings overlap."""
+    change = 100 * (statistics.median(runs[last]) / statistics.median(runs[before]) - 1)
+    if min(runs[last]) > max(runs[before]):
+        verdict = f"every timing at {last} is faster than every timing at {before}"
+    elif max(runs[last]) < min(runs[before]):
+        verdict = f"every timing at {last} is slower than every timing at {before}"
+    else:
+        verdict = "the timings of the two batch sizes overlap"
+    median = f"median samples/s {change:+.0f}%"
+    return f"Last doubling, {before} -> {last}: {median};\n{verdict}."
+
+
+def accuracy_text(accuracy, epochs):
+    """The best batch size, and whether every bigger one ends lower."""
+    best = max(accuracy, key=accuracy.get)
+    larger = [b for b in sorted(accuracy) if b >= best]
+    text = f"Best after {epochs} epochs: batch {best} ({accuracy[best]:.2%})"
+    if len(larger) > 1 and all(
+        accuracy[a] > accuracy[b] for a, b in zip(larger, larger[1:])
+    ):
+        lowest = f"{accuracy[larger[-1]]:.2%} at batch {larger[-1]}"
+        text += f";\nevery bigger batch ends lower, down to {lowest}"
+    return text + "."
 
 
 class StepMemory:
@@ -245,7 +277,7 @@ def training_step_peak(batches, baseline=None):
     return memory.peak, memory.event
 
 
-# %% throughput
+# %% timing
 BATCH_SIZES = [2**k for k in range(4, 13)]  # 16 ... 4096
 TIMED_SAMPLES = 16384  # per batch size and timing, and at least 4 steps
 REPEATS = 5  # timings of each batch size: the median, and how far they spread
@@ -262,47 +294,22 @@ def samples_per_second(batch_size):
     batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
     for idx in batches[:2]:  # warm-up: the first steps allocate the Adam state
         train_step(model, optimizer, train_images[idx], train_labels[idx])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for idx in batches[2:]:
         train_step(model, optimizer, train_images[idx], train_labels[idx])
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # wait for the GPU before reading the clock
+    sync()  # wait for the GPU before reading the clock
     seconds = time.perf_counter() - start
     return (len(batches) - 2) * batch_size / seconds, len(batches) - 2
 
 
-def first_batches(batch_size):
-    """The first two training batches of this size, in host memory as a DataLoader
-    gives them: the peak counts moving them to the device."""
-    return [
-        (
-            train_images[i * batch_size : (i + 1) * batch_size].cpu().clone(),
-            train_labels[i * batch_size : (i + 1) * batch_size].cpu().clone(),
-        )
-        for i in range(2)
-    ]
-
-
-def spread(values):
-    """Half the range from the lowest to the highest value, in % of their median."""
-    return 100 * (max(values) - min(values)) / 2 / statistics.median(values)
-
-
+# %% throughput
 samples_per_second(BATCH_SIZES[0])  # discarded: first-call set-up (cuBLAS...)
 runs, steps = {batch_size: [] for batch_size in BATCH_SIZES}, {}
 for _ in range(REPEATS):  # in turns, so that a busy moment hits every batch size
     for batch_size in BATCH_SIZES:
         per_second, steps[batch_size] = samples_per_second(batch_size)
         runs[batch_size].append(per_second)
-timings = (
-    f"samples/s: the median of {REPEATS} timings of the same steps, taken in turns "
-    "over the batch sizes; ±: half the range from the slowest to the fastest timing, "
-    "in % of the median."
-)
-print(textwrap.fill(timings, 88))
-print(textwrap.fill(f"Peak memory of a training step, {PEAK_LABEL}: {COUNTED}", 88))
 header = f"{'batch':>6} {'steps':>5} {'samples/s':>10} {'±':>6}"
 print(f"{header} {'peak bytes':>13} {'MiB':>8}")
 speed = {}
@@ -314,29 +321,17 @@ for batch_size in BATCH_SIZES:
     timing = f"{per_second:>10,.0f} {spread(runs[batch_size]):>5.1f}%"
     sizes = f"{peak:>13,} {peak / 2**20:>8.2f}"
     print(f"{batch_size:>6} {steps[batch_size]:>5} {timing} {sizes}{where}")
-fastest = max(speed, key=lambda b: speed[b][0])
-times = speed[fastest][0] / speed[16][0]
-print(f"Batch {fastest} trains {times:.1f}x as many samples per second as batch 16.")
-before, last = BATCH_SIZES[-2:]
-change = 100 * (speed[last][0] / speed[before][0] - 1)
-if min(runs[last]) > max(runs[before]):
-    verdict = f"every timing at {last} is faster than every timing at {before}"
-elif max(runs[last]) < min(runs[before]):
-    verdict = f"every timing at {last} is slower than every timing at {before}"
-else:
-    verdict = "the timings of the two batch sizes overlap"
-print(f"Last doubling, {before} -> {last}: median samples/s {change:+.0f}%;")
-print(f"{verdict}.")
+print(last_doubling_text(runs, *BATCH_SIZES[-2:]))
 
 # %% accuracy
-EPOCHS = 2
-ACCURACY_BATCH_SIZES = [16, 64, 256, 1024, 4096]
+EPOCHS, ACCURACY_BATCH_SIZES = 2, [16, 64, 256, 1024, 4096]
 
 
-def train_and_test(batch_size):
+def train_and_test(batch_size, lr=1e-3):
+    """Test accuracy after EPOCHS epochs from the same start, and the steps taken."""
     torch.manual_seed(0)
     model = MLP().to(device)
-    optimizer = optim.Adam(model.parameters(), lr=1e-3)  # the same for every size
+    optimizer = optim.Adam(model.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(0)
     steps = 0
     for _ in range(EPOCHS):
@@ -351,25 +346,16 @@ def train_and_test(batch_size):
     return right.float().mean().item(), steps
 
 
-print(f"Adam lr 1e-3, {EPOCHS} epochs each")
 print(f"{'batch':>6} {'steps/epoch':>11} {'total steps':>11} {'test accuracy':>14}")
 accuracy = {}
 for batch_size in ACCURACY_BATCH_SIZES:
     accuracy[batch_size], steps = train_and_test(batch_size)
     per_epoch = math.ceil(len(train_labels) / batch_size)
     print(f"{batch_size:>6} {per_epoch:>11} {steps:>11} {accuracy[batch_size]:>14.2%}")
-best = max(accuracy, key=accuracy.get)
-larger = [b for b in ACCURACY_BATCH_SIZES if b >= best]
-print(f"Best after {EPOCHS} epochs: batch {best} ({accuracy[best]:.2%}).")
-if all(accuracy[a] > accuracy[b] for a, b in zip(larger, larger[1:])):
-    lowest = f"{accuracy[larger[-1]]:.2%} at batch {larger[-1]}"
-    print(f"Above it every bigger batch ends lower, down to {lowest}:")
-    print("same epochs and learning rate, but far fewer updates.")
-if best > ACCURACY_BATCH_SIZES[0]:
-    print("Smaller batches make more updates, but each one follows a noisier gradient.")
+print(accuracy_text(accuracy, EPOCHS))
 
 # %% chart
-# Three panels, one above the other, so that a phone shows them at a readable size.
+# The chart of the three measurements, in three panels one above the other (for phones)
 plt.rcParams["font.size"] = 10
 fig, axes = plt.subplots(3, 1, figsize=(7, 9), layout="constrained")
 axes[0].plot(BATCH_SIZES, [speed[b][0] for b in BATCH_SIZES], "o-")
@@ -391,3 +377,9 @@ for ax in axes:
     ax.grid(True, alpha=0.3)
 fig.suptitle(f"Batch size on {device.type.upper()}: MNIST MLP, Adam lr 1e-3")
 plt.show()
+
+# %% exercise-lr-4096
+# Batch 4096 with a ten times larger learning rate: the same 30 steps, longer ones.
+for lr in (1e-3, 1e-2):
+    right, steps = train_and_test(4096, lr)
+    print(f"batch 4096, Adam lr {lr:g}: {steps} steps, test accuracy {right:.2%}")

@@ -511,3 +511,12 @@ ax.set_title(
 )
 fig.legend(loc="outside lower center", ncols=2)
 plt.show()
+
+# %% exercise-line-512
+# The fitted line's prediction at two batch sizes, against the measured peak
+per_sample, fixed, _ = fitted_line(result)
+for batch_size in (512, 3000):
+    predicted = fixed + per_sample * batch_size
+    peak, _, event = step_peaks(batch_size)
+    at = f" at '{event}'" if event else ""
+    print(f"batch {batch_size:,}: line {predicted:,.0f}, measured {peak:,} bytes{at}")

@@ -1,9 +1,11 @@
 # %% setup
+# Setup the cells below need: imports, the device and the MNIST loader.
 # The complete training loop the lesson only sketches: data, model, loss, optimizer,
 # several epochs of zero_grad -> forward -> loss -> backward -> step, and an evaluation
 # on the test set after every epoch. Shuffling uses a seeded generator, so every run
 # prints the same losses and accuracies.
 import contextlib
+import functools
 import io
 import os
 import re
@@ -121,11 +123,10 @@ print(f"{count:,} parameters; loss {criterion}; Adam lr 1e-3; {num_epochs} epoch
 
 
 # %% train-eval
-def train_one_epoch(model, loader, running_every=100):
-    """One pass over the training data; returns the average loss, and the running
-    loss every 100 batches."""
+def train_one_epoch(model, loader):
+    """One pass over the training data; returns the average loss."""
     model.train()
-    total, count, window, running = 0.0, 0, [], []
+    total, count = 0.0, 0
     for data, target in loader:
         data, target = data.to(device), target.to(device)
         optimizer.zero_grad()  # forget the previous batch's gradients
@@ -135,11 +136,7 @@ def train_one_epoch(model, loader, running_every=100):
         optimizer.step()  # update the parameters
         total += loss.item() * len(target)
         count += len(target)
-        window.append(loss.item())
-        if len(window) == running_every:
-            running.append(sum(window) / len(window))
-            window = []
-    return total / count, running
+    return total / count
 
 
 def evaluate(model, loader):
@@ -155,45 +152,68 @@ def evaluate(model, loader):
     return total_loss / len(loader.dataset), correct / len(loader.dataset)
 
 
+# %% clock
+# What the cells below measure, from outside the loop: each call of train_one_epoch and
+# evaluate is timed (their .item() calls have waited for the GPU), and the loss's
+# forward hook keeps every training batch's loss for the chart.
+seconds = {"train": [], "test": []}
+batch_losses = []  # every training batch's loss, in order
+
+
+def clocked(function, times):
+    """`function`, timed: each call's seconds are appended to `times`."""
+
+    @functools.wraps(function)
+    def timed_call(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+        return result
+
+    return timed_call
+
+
+def keep_training_loss(module, args, loss):
+    if torch.is_grad_enabled():  # training; evaluate() runs under torch.no_grad()
+        batch_losses.append(loss.item())
+
+
+train_one_epoch = clocked(train_one_epoch, seconds["train"])
+evaluate = clocked(evaluate, seconds["test"])
+criterion.register_forward_hook(keep_training_loss)
+
 # %% loop
-history = {"train_loss": [], "test_loss": [], "test_accuracy": [], "running": []}
-epoch_seconds = []  # every epoch is one timing of the same work
-print(
-    f"{'epoch':>5} {'train loss':>11} {'test loss':>10} {'test accuracy':>14}", end=""
-)
-print(f" {'seconds':>8}")
+history = {"train_loss": [], "test_loss": [], "test_accuracy": []}
+print(f"{'epoch':>5} {'train loss':>11} {'test loss':>10} {'test accuracy':>14}")
 for epoch in range(1, num_epochs + 1):
-    start = time.perf_counter()
-    train_loss, running = train_one_epoch(model, train_loader)
+    train_loss = train_one_epoch(model, train_loader)
     test_loss, test_accuracy = evaluate(model, test_loader)
-    seconds = time.perf_counter() - start  # .item() above already waited for the GPU
-    epoch_seconds.append(seconds)
-    for name, value in [
-        ("train_loss", train_loss),
-        ("test_loss", test_loss),
-        ("test_accuracy", test_accuracy),
-    ]:
-        history[name].append(value)
-    history["running"] += running
-    losses = f"{train_loss:>11.4f} {test_loss:>10.4f}"
-    print(f"{epoch:>5} {losses} {test_accuracy:>14.2%} {seconds:>8.1f}")
-print(f"Final test accuracy: {history['test_accuracy'][-1]:.2%}")
-median = statistics.median(epoch_seconds)
-spread = f"({min(epoch_seconds):.1f} to {max(epoch_seconds):.1f})"
+    history["train_loss"].append(train_loss)
+    history["test_loss"].append(test_loss)
+    history["test_accuracy"].append(test_accuracy)
+    print(f"{epoch:>5} {train_loss:>11.4f} {test_loss:>10.4f} {test_accuracy:>14.2%}")
+
+# %% times
+# The seconds per epoch the clock measured (training and test): median and range
+epochs = [a + b for a, b in zip(seconds["train"], seconds["test"])]
+median, spread = statistics.median(epochs), f"({min(epochs):.1f} to {max(epochs):.1f})"
 print(f"Seconds per epoch, training and test: median {median:.1f} {spread}", end="")
-print(f" over {len(epoch_seconds)} epochs")
+print(f" over {len(epochs)} epochs")
 
 # %% chart
-# Two panels, one above the other, so that a phone shows them at a readable size.
+# The chart of the loop's losses and accuracy, two panels one above the other
 plt.rcParams["font.size"] = 10
 fig, (loss_ax, acc_ax) = plt.subplots(
     2, 1, figsize=(7, 6.6), height_ratios=[3, 2], layout="constrained"
 )
 epochs = range(1, num_epochs + 1)
-running_x = [(i + 1) * 100 / len(train_loader) for i in range(len(history["running"]))]
+running = [
+    sum(batch_losses[i : i + 100]) / 100 for i in range(0, len(batch_losses) - 99, 100)
+]
+running_x = [(i + 1) * 100 / len(train_loader) for i in range(len(running))]
 loss_ax.plot(
     running_x,
-    history["running"],
+    running,
     color="lightsteelblue",
     label="train loss, mean of each 100 batches",
 )
@@ -210,3 +230,22 @@ acc_ax.set_ylabel("test accuracy (%)")
 acc_ax.set_title("Test accuracy")
 fig.suptitle("MNIST MLP, Adam lr 1e-3, batch 64")
 plt.show()
+
+# %% exercise-sgd
+# The same loop with plain SGD at the same learning rate, from the same weights
+torch.manual_seed(0)
+model = MLP().to(device)  # the same initial weights as above
+optimizer = optim.SGD(model.parameters(), lr=1e-3)
+shuffle.manual_seed(0)  # the same order of batches
+for epoch in range(1, num_epochs + 1):
+    train_loss = train_one_epoch(model, train_loader)
+    test_loss, test_accuracy = evaluate(model, test_loader)
+    print(f"SGD lr 1e-3, epoch {epoch}: train loss {train_loss:.4f}", end="")
+    print(f", test accuracy {test_accuracy:.2%}")
+
+# %% exercise-untrained
+# What evaluate() reports for a fresh model, before any training
+torch.manual_seed(0)
+untrained = MLP().to(device)
+test_loss, test_accuracy = evaluate(untrained, test_loader)
+print(f"untrained: test loss {test_loss:.4f}, test accuracy {test_accuracy:.2%}")

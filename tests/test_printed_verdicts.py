@@ -294,9 +294,9 @@ def test_both_peaks_at_one_event_only_when_they_are(search):
 
 
 def test_batch_size_search_recording_prints_its_verdicts(search):
-    out = recorded("batch_size_search")["search"]
+    table, out = recorded("batch_size_search")["search"], recorded("batch_size_search")["line"]
     trials = [Trial(number(b), why.startswith("fits"), number(p), re.search(r"peak at '(.*)'", why)[1])
-              for b, p, why in re.findall(r"^\s+\d+\s+([\d,]+)\s+([\d,]+)\s+(.*)$", out, re.M)]
+              for b, p, why in re.findall(r"^\s+\d+\s+([\d,]+)\s+([\d,]+)\s+(.*)$", table, re.M)]
     found = re.search(r"line through the peaks at ([\d,]+) and ([\d,]+): ([\d,.]+) bytes per sample \+ ([\d,]+) "
                       r"bytes fixed", prose(out))
     b0, b1, per_sample, fixed = number(found[1]), number(found[2]), float(found[3].replace(",", "")), number(found[4])

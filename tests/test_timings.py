@@ -11,16 +11,16 @@ from tools import environment, recordings, snippets
 from tools.record import timing_cells
 
 TIMING_SNIPPETS = {path.stem: timing_cells(path) for path in snippets.find() if timing_cells(path)}
-CHAPTER = ROOT / "docs" / "chapters" / "batch-size.md"
-CHAPTER_ZH = ROOT / "docs" / "chapters" / "batch-size.zh.md"
+CHAPTERS = [ROOT / "docs" / "chapters" / f"{page}{edition}.md" for page in ("batch-size", "training-loop")
+            for edition in ("", ".zh")]
 
 
 def test_the_timing_cells_are_found():
     """The recorder's warning and the test below find the timing cells by their calls to time.perf_counter."""
     assert {name: TIMING_SNIPPETS.get(name) for name in ("batch_size_effects", "checkpointing", "fast_path",
                                                           "training_loop")} == {
-        "batch_size_effects": ["throughput"], "checkpointing": ["time"], "fast_path": ["setup"],
-        "training_loop": ["loop"]}
+        "batch_size_effects": ["timing"], "checkpointing": ["time"], "fast_path": ["setup"],
+        "training_loop": ["clock"]}
 
 
 @pytest.mark.parametrize("name", sorted(TIMING_SNIPPETS))
@@ -55,38 +55,33 @@ def last_doubling(recording: dict) -> tuple[int, str]:
     return int(change), verdict
 
 
-# What each edition of chapter 5 must say (and must not say) for each verdict of the recording it shows.
-SAYS = {
-    "every timing at 4096 is faster than every timing at 2048": (
-        ["still climbing at the last doubling"], ["最后一次翻倍时仍在上升"], ["levels off", "趋于平稳"]),
-    "the timings of the two batch sizes overlap": (
-        ["no clear rise at the last doubling"], ["最后一次翻倍时没有明显的提高"], ["still climbing", "仍在上升"]),
-    "every timing at 4096 is slower than every timing at 2048": (
-        ["falls at the last doubling"], ["最后一次翻倍时反而下降"], ["still climbing", "仍在上升"]),
-}
+# What chapter 5 must not claim about its timings: the direction of the last doubling (each recording prints its own
+# verdict under the table) and the fast path's ratio (printed by the compare cell). The timings are re-recorded on a
+# quiet machine; prose that quoted them would then contradict the outputs beside it.
+CLAIMS = ["still climbing", "levels off", "falls at the last doubling", "no clear rise at the last doubling",
+          "仍在上升", "趋于平稳", "反而下降", "没有明显的提高"]
 
 
-def test_chapter_5_says_what_the_throughput_does_at_the_last_doubling():
-    """The chapter once said the throughput "levels off" while its own output climbed 21% at the last doubling."""
-    change, verdict = last_doubling(recordings.load("batch_size_effects", "cpu"))
-    english, chinese, never = SAYS[verdict]
-    assert f"rises {change}%" in CHAPTER.read_text(encoding="utf-8") or change <= 0
-    text, text_zh = CHAPTER.read_text(encoding="utf-8"), CHAPTER_ZH.read_text(encoding="utf-8")
-    for phrase in english:
-        assert phrase in text, phrase
-    for phrase in chinese:
-        assert phrase in text_zh, phrase
-    for phrase in never:
-        assert phrase not in text and phrase not in text_zh, phrase
+def test_chapter_5_leaves_the_last_doubling_to_its_printed_verdict():
+    """The chapter once said the throughput "levels off" while its own output climbed 21% at the last doubling:
+    now the output says what the last doubling did (a verdict computed from the timings), and the prose does not."""
+    _, verdict = last_doubling(recordings.load("batch_size_effects", "cpu"))
+    assert verdict in ("every timing at 4096 is faster than every timing at 2048",
+                       "every timing at 4096 is slower than every timing at 2048",
+                       "the timings of the two batch sizes overlap")
+    for chapter in CHAPTERS:
+        text = chapter.read_text(encoding="utf-8")
+        for phrase in CLAIMS:
+            assert phrase not in text, (chapter.name, phrase)
+        assert not re.search(r"rises \d+%|提高了 \d+%", text), chapter.name
 
 
-def test_chapter_5_quotes_the_fast_paths_median_ratio_and_its_range():
-    """Both editions quote the ratio of the medians and the range any two runs give, as the CPU recording prints
-    them (the site test checks every number in prose against the recordings; this one checks which numbers)."""
+def test_chapter_5_quotes_no_timing_ratio():
+    """The fast path's ratio (of the medians, and its range over any two runs) is printed by the compare cell, and
+    changes with the machine and its load: the prose explains it without quoting it."""
     compare = cell_output(recordings.load("fast_path", "cpu"), "compare")
     ratio = re.search(r"fast path is ([\d.]+)x faster", compare)[1]
     lowest, highest = re.search(r"from ([\d.]+)x to ([\d.]+)x taking any run", compare).groups()
-    assert f"{ratio}×" in CHAPTER.read_text(encoding="utf-8")
-    assert f"{lowest}× to {highest}×" in CHAPTER.read_text(encoding="utf-8")
-    assert f"{ratio} 倍" in CHAPTER_ZH.read_text(encoding="utf-8")
-    assert f"{lowest}× 到 {highest}×" in CHAPTER_ZH.read_text(encoding="utf-8")
+    assert float(lowest) <= float(ratio) <= float(highest)
+    for chapter in CHAPTERS:
+        assert not re.search(r"\d\.\d×|\d\.\d 倍", chapter.read_text(encoding="utf-8")), chapter.name
