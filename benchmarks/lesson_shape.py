@@ -3,7 +3,7 @@
     python benchmarks/lesson_shape.py            # cells only (reads snippets and chapters)
     python benchmarks/lesson_shape.py SITE_DIR   # also screens per page, in Chromium
 
-Cells: for each English page, the visible code cells (markers without ``collapsed`` or ``no-code``), their line
+Cells: for each English page, the visible code cells (markers without ``collapsed``, ``answer`` or ``no-code``), their line
 counts (non-blank lines of the cell's source), how many exceed 25 and 40 lines, and the folded cells.
 Screens: each built page's document height at 1280 px wide with its figures loaded and every fold (``details``)
 closed, divided by 900 px.
@@ -28,7 +28,7 @@ def cell_lines(page: Path) -> tuple[list[int], list[int]]:
     visible, folded = [], []
     for match in MARKER.finditer(page.read_text(encoding="utf-8")):
         flags = set(match[3].split())
-        if "no-code" in flags:
+        if flags & {"no-code", "answer"}:     # an exercise's answer is folded with its output
             continue
         path = snippets.SNIPPETS_DIR / f"{match[1]}.py"
         cell = next(c for c in snippets.cells(path) if c.name == match[2])
