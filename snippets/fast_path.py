@@ -217,8 +217,8 @@ took = f"{median_and_range(fast_runs)} for {EPOCHS} epoch"
 print(f"Fast path: {took}, test accuracy {fast_accuracy:.2%}")
 
 # %% compare
-# The table of the two paths: median and range of their runs, samples per second, test
-# accuracy; then the ratio of their times and the difference of their accuracies
+# The table of the two paths, the ratio of their times, the difference of accuracies.
+# Each path: the median and range of its runs, samples per second, test accuracy.
 lesson_seconds, fast_seconds = map(statistics.median, (lesson_runs, fast_runs))
 samples = EPOCHS * len(train_labels)
 print(

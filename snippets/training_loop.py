@@ -153,9 +153,9 @@ def evaluate(model, loader):
 
 
 # %% clock
-# What the cells below measure, from outside the loop: each call of train_one_epoch and
-# evaluate is timed (their .item() calls have waited for the GPU), and the loss's
-# forward hook keeps every training batch's loss for the chart.
+# The clock and the loss log around the loop: train_one_epoch and evaluate, timed.
+# Each call is timed from outside (their .item() calls have waited for the GPU), and a
+# forward hook on the loss keeps every training batch's loss, for the chart.
 seconds = {"train": [], "test": []}
 batch_losses = []  # every training batch's loss, in order
 
