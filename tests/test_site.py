@@ -125,6 +125,13 @@ def prose(text: str) -> str:
     return text
 
 
+def page_numbers() -> set[str]:
+    """The numbers of the course's pages ('4.2' for '4.2 Memory over two steps, …' in the nav): names, not claims."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    course = next(item["Course"] for item in nav if isinstance(item, dict) and "Course" in item)
+    return {m[1] for entry in course for title in entry if (m := re.match(r"(\d+\.\d+) ", title))}
+
+
 def unbacked_numbers(text: str, outputs: str) -> list[str]:
     """Numbers in prose that no output prints. Checked: every number of 4+ digits or with a decimal point or
     thousands separator (anywhere in the outputs), and every number with a unit, however small (with the same unit
@@ -136,6 +143,8 @@ def unbacked_numbers(text: str, outputs: str) -> list[str]:
         number, unit = match["number"].rstrip(",."), match["unit"] or match["attached"]
         bare = number.replace(",", "")
         if unit and bare == "1":
+            continue
+        if not unit and bare in PAGE_NUMBERS:        # "part 6.2", "[4.2 Memory over two steps](…)": a page's name
             continue
         if "," in number or len(bare.split(".")[0]) >= 4 or ("." in number and UNIT.get(unit, "").startswith("(?:bytes")):
             pattern = r"(?<![\d.])" + re.escape(bare) + r"(?!\d)"        # tables print these under a unit header
@@ -150,6 +159,9 @@ def unbacked_numbers(text: str, outputs: str) -> list[str]:
     return found
 
 
+PAGE_NUMBERS = page_numbers()
+
+
 def test_the_prose_number_check_catches_small_numbers_with_units():
     outputs = "parameters: 407,080 bytes\nratio 9.7x\naccuracy 96.00 %\n"
     assert unbacked_numbers("It is 407,080 bytes, 9.7× faster, 96 % right.", outputs) == []
@@ -157,6 +169,7 @@ def test_the_prose_number_check_catches_small_numbers_with_units():
                             outputs) == ["472 bytes", "32 MiB", "5%", "4,096", "397.5 KiB"]
     assert unbacked_numbers("The lesson says “about 403 KB”; a `1024 * 1024` divisor; 1 KiB, 1 MiB.", outputs) == []
     assert unbacked_numbers("参数共407,080字节，快9.7倍；浪费472字节，约5%。", outputs) == ["472字节", "5%"]
+    assert "6.2" in PAGE_NUMBERS and unbacked_numbers("See part 6.2; it is 6.2× faster.", outputs) == ["6.2×"]
 
 
 def test_numbers_in_prose_are_printed_by_a_snippet():
