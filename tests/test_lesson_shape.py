@@ -101,3 +101,31 @@ def test_the_chinese_pages_follow_the_same_cells():
         chinese = page.with_suffix(".zh.md")
         english = [(n, c.name, frozenset(f)) for n, f, c in markers(page)]
         assert [(n, c.name, frozenset(f)) for n, f, c in markers(chinese)] == english, chinese.name
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """(names a cell binds at the top level, names its top-level code reads), by Python's own symbol table."""
+    import symtable
+    table = symtable.symtable(source, "cell", "exec")
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()
+             or s.is_namespace()}
+    read = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
+    return bound, read
+
+
+def test_a_pasted_cell_finds_every_name_in_the_cells_above_it_on_its_page():
+    """What the page promises about the copy buttons: pasted in the page's order, after the file's setup and the
+    folded cells above it, each cell finds every name its top-level code reads (or Python's builtins do)."""
+    import builtins
+    missing = []
+    for _, page in course():
+        known: dict[str, set[str]] = {}
+        for name, flags, cell in markers(page):
+            if "no-code" in flags:
+                continue
+            bound, read = _names(cell.source)
+            have = known.setdefault(name, set(dir(builtins)))
+            missing += [f"{page.name}: {name}/{cell.name} reads {n!r}, defined in no cell above it"
+                        for n in sorted(read - have - bound)]
+            have |= bound
+    assert not missing, "\n".join(missing)
