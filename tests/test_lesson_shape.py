@@ -129,3 +129,20 @@ def test_a_pasted_cell_finds_every_name_in_the_cells_above_it_on_its_page():
                         for n in sorted(read - have - bound)]
             have |= bound
     assert not missing, "\n".join(missing)
+
+
+def test_no_sentence_is_both_printed_and_written():
+    """Outputs show data and prose explains: no printed line of eight words or more stands again in its page's
+    prose (either edition's English page is where the outputs appear in English)."""
+    from tools import recordings
+
+    def flat(text: str) -> str:
+        return re.sub(r"[\s`*_]+", " ", text).strip().lower()
+    twice = []
+    for _, page in course():
+        prose = flat(re.sub(r"<!--.*?-->", "", page.read_text(encoding="utf-8"), flags=re.S))
+        for name in dict.fromkeys(name for name, _, _ in markers(page)):
+            for cell in recordings.load(name, "cpu")["cells"]:
+                twice += [f"{page.name}: {name}/{cell['name']}: {line.strip()}" for line in cell["stdout"].splitlines()
+                          if len(line.split()) >= 8 and flat(line) in prose]
+    assert not twice, "\n".join(twice)
