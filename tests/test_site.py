@@ -272,7 +272,7 @@ def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a
 
 def test_a_gpu_cell_without_a_gpu_recording_says_so_in_its_gpu_tab(site):
     soup = BeautifulSoup((site / "chapters" / "real-gpu" / "index.html").read_text(), "html.parser")
-    gpu_tabs = [t for t in soup.select(".tabbed-set") if t.select_one(".tabbed-labels > label").get_text() == "GPU · not recorded yet"]
+    gpu_tabs = [t for t in soup.select(".tabbed-set") if t.select_one(".tabbed-labels > label").get_text() == "GPU · not recorded"]
     assert gpu_tabs
     for tabbed in gpu_tabs:
         block = tabbed.select(".tabbed-block")[0].get_text()
@@ -349,3 +349,19 @@ def test_the_home_page_states_the_reading_time_counted_from_the_course(site):
         assert f"{found['minutes']} {unit}" in text and f"{found['code']:,}" in text, language
         assert found["code"] > 300 and found["minutes"] % 5 == 0
         assert (found["words"] if language == "en" else found["characters"]) > 10_000
+
+
+def test_an_exercise_keeps_its_answer_and_the_explanation_after_it_folded(site):
+    """An exercise's answer (code, output, stamp) and the paragraph right after its marker sit in one closed fold,
+    so a learner predicts first; the next exercise stays outside it."""
+    soup = BeautifulSoup((site / "chapters" / "models" / "index.html").read_text(), "html.parser")
+    answers = soup.select("details.success")
+    assert len(answers) >= 2 and not any(d.has_attr("open") for d in answers)
+    source = (ROOT / "docs" / "chapters" / "models.md").read_text()
+    marker = re.search(r"<!-- cell: \S+ answer -->", source)
+    explanation = hook.ANSWER_EXPLANATION.match(source, marker.end())["text"].split()
+    first = answers[0].get_text(" ")
+    assert " ".join(explanation[:4]).strip("*`") in first and answers[0].select("div.language-python")
+    assert "Answer (open it after you have predicted)" in answers[0].summary.get_text()
+    after = source[marker.end():].split("<!-- cell:")[0]
+    assert len(after.strip()) > len(" ".join(explanation))        # there was more after the explanation: not folded

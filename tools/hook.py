@@ -40,6 +40,9 @@ log = logging.getLogger("mkdocs.hooks.lesson")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CELL_MARKER = re.compile(r"^(?P<indent>[ \t]*)<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)"
                          r"(?P<flags>(?:[ \t]+[a-z-]+)*)[ \t]*-->[ \t]*$", re.MULTILINE)
+# After an answer marker: one blank line, then a paragraph (not a list item, heading, marker or admonition).
+ANSWER_EXPLANATION = re.compile(r"[ \t]*\n[ \t]*\n(?P<text>(?P<indent>[ \t]*)(?![ \t]|\d+\.\s|[-*+]\s|#|<!--|\?\?\?|!!!)"
+                                r"[^\n]+(?:\n(?![ \t]*\n)[^\n]+)*)")
 HEADING = re.compile(r"^(#{1,3})[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 DEVICE_BLOCK = re.compile(r"^<!--[ \t]*(?P<kind>gpu|cpu)-only:[ \t]*(?P<snippet>[\w-]+)[ \t]*-->[ \t]*\n"
                           r"(?P<body>.*?)^<!--[ \t]*/(?P=kind)-only[ \t]*-->[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -49,19 +52,20 @@ FLAGS = {"no-code", "no-output", "gpu", "collapsed", "answer"}
 KIND = environment.KIND
 WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chinese edition under zh/)
     "en": {
-        "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded yet",
+        "output": "Output", "stderr": "stderr and warnings", "not_recorded_tab": "GPU · not recorded",
         "not_recorded": "This tab is empty because the cell has not run on a GPU yet. On a GPU it prints what the GPU "
                         "itself measures (the CUDA allocator's bytes, or GPU times), which differs from the CPU tab "
                         "beside it. [Run it yourself]({guide}) shows how to record it on yours.",
-        "silent": "This cell printed nothing here.", "folded": "{where} (the code, folded: open it to read it)",
-        "answer": "Answer: what {where} printed (open it after you have predicted)",
+        "silent": "This cell printed nothing here.", "folded": "{where}",
+        "answer": "Answer (open it after you have predicted)",
         "stale": "Stale or missing recording", "missing_snippet": "Missing snippet", "missing_cell": "Missing cell",
         "recorded_on": "recorded on", "and_on": " and on ", "notebook": "notebook",
         "run_yourself": "Run this page's code yourself:",
         "notebook_intro": "The whole of {file}, cell by cell, with what each cell printed; the cells its chapter "
                           "folds are folded here too.",
         "copy_note": "A visible cell's copy button gives code that runs when you paste it after the file's setup and "
-                     "the folded cells above it, in the page's order; each file also runs whole.",
+                     "the folded cells above it, in the page's order; each file also runs whole. Tap a figure to "
+                     "see it full size.",
         "taught_in": "Taught in ", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
         "times_summary_header": "| Snippet | Device | Seconds | Slowest cell | Highest peak (MiB) |",
@@ -82,14 +86,14 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "not_recorded": "这个标签页是空的，因为这个单元还没有在 GPU 上运行过。在 GPU 上，它打印的是 GPU 自己测得的结果"
                         "（CUDA 分配器统计的字节数，或 GPU 上的耗时），与旁边 CPU 标签页的内容不同。"
                         "[自己动手运行]({guide})介绍了怎样在你的 GPU 上录制它。",
-        "silent": "这个单元在此没有输出。", "folded": "{where}（代码已折叠，展开即可阅读）",
-        "answer": "答案：{where} 的输出（先做出预测，再展开）",
+        "silent": "这个单元在此没有输出。", "folded": "{where}",
+        "answer": "答案（先做出预测，再展开）",
         "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
         "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
         "run_yourself": "自己运行本页的代码：",
         "notebook_intro": "{file} 的全部内容，逐个单元列出，附上每个单元打印的输出；章节里折叠的单元，这里也折叠。",
         "copy_note": "可见单元的复制按钮给出的代码，按页面顺序粘贴在该文件的初始化单元和上方折叠的单元之后即可运行；"
-                     "每个文件也可以整个直接运行。",
+                     "每个文件也可以整个直接运行。点按图片可查看原尺寸。",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
         "downloads_label": "本笔记本的下载",
         "times_summary_header": "| 代码文件 | 设备 | 秒 | 最慢的单元 | 最高峰值 (MiB) |",
@@ -158,7 +162,11 @@ def _relative(page, target: str) -> str:
 
 
 def tab_label(recording: dict) -> str:
-    return environment.label(recording["environment"])
+    """The device as a tab names it, short enough for two tabs side by side on a phone: 'CPU · Intel Xeon' for
+    'CPU · Intel(R) Xeon(R) Processor' (the stamp under the cell keeps the full name)."""
+    label = environment.label(recording["environment"])
+    label = re.sub(r"\((?:R|TM)\)|\bProcessor\b|\bCPU @ [\d.]+GHz|\b\d+-Core\b", "", label)
+    return re.sub(r"\s+", " ", label).strip()
 
 
 def stamp(found: dict[str, dict], page) -> str:
@@ -167,7 +175,7 @@ def stamp(found: dict[str, dict], page) -> str:
     first = next(iter(found.values()))
     snippet = first["snippet"]
     name = Path(snippet).stem
-    runs = [f"**{tab_label(r)}** (torch {r['environment']['torch']}"
+    runs = [f"**{environment.label(r['environment'])}** (torch {r['environment']['torch']}"
             + (f", CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
             + f", {r['environment']['recorded_at'][:10]}, {r['seconds']:.1f} s)" for r in found.values()]
     return (f"[{snippet}]({_relative(page, snippet)}) · [{t(page, 'notebook')}]"
@@ -201,7 +209,8 @@ def outputs(result: dict, page) -> str:
     return "\n\n".join(parts)
 
 
-def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_stamp: bool = True) -> str:
+def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_stamp: bool = True,
+                explanation: str = "") -> str:
     """The cell's code, its outputs (one content tab per device when there is more than one, GPU first) and, with
     ``with_stamp``, the snippet's stamp."""
     path = snippets.SNIPPETS_DIR / f"{snippet_name}.py"
@@ -238,11 +247,11 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
             parts.append("\n\n".join(f'==={"+" if index == selected else ""} "{label}"\n\n'
                                      f'{_indent(body or t(page, "silent"))}'
                                      for index, (label, body) in enumerate(blocks)))
-    if "answer" in flags:  # an exercise's answer: code and outputs folded together
-        parts = [f'??? success "{t(page, "answer", where=f"{path.name} · {cell.name}")}"\n\n'
-                 + _indent("\n\n".join(parts))]
     if with_stamp:
         parts.append(stamp(found, page))
+    if "answer" in flags:  # an exercise's answer: code, outputs, stamp and the explanation after it, folded together
+        return (f'??? success "{t(page, "answer")}"\n\n'
+                + _indent("\n\n".join(parts + ([explanation] if explanation else []))))
     return "\n\n".join(parts)
 
 
@@ -269,7 +278,15 @@ def fold_label(source: str) -> str:
     """What a folded cell holds, in its own words: the first sentence of its opening comment (``# Setup the cells
     below need: imports, the device, …`` gives that sentence), or '' when it opens with code."""
     sentences = opening_sentences(source)
-    return sentences[0].rstrip(".;").replace('"', "'") if sentences else ""
+    if not sentences:
+        return ""
+    label = re.sub(r"^Setup the cells below need:\s*", "what the cells below need: ", sentences[0].rstrip(".;"))
+    if len(label) > LABEL_LENGTH:                              # a title, not a paragraph: cut at a word, say so
+        label = label[:LABEL_LENGTH].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
+    return label.replace('"', "'")
+
+
+LABEL_LENGTH = 80
 
 
 def expand_cells(markdown: str, page) -> str:
@@ -281,11 +298,17 @@ def expand_cells(markdown: str, page) -> str:
         following = matches[index + 1] if index + 1 < len(matches) else None
         with_stamp = (following is None or following["snippet"] != match["snippet"]
                       or HEADING.search(markdown, match.end(), following.start()) is not None)
-        text = render_cell(match["snippet"], match["cell"], set(match["flags"].split()), page, with_stamp)
-        indent = match["indent"]
+        flags, indent, end = set(match["flags"].split()), match["indent"], match.end()
+        explanation = ""
+        if "answer" in flags:          # the paragraph right after an answer explains it: it goes into the fold
+            after = ANSWER_EXPLANATION.match(markdown, end)
+            if after and after["indent"] == indent and (following is None or after.end() <= following.start()):
+                explanation = "\n".join(line[len(indent):] for line in after["text"].splitlines())
+                end = after.end()
+        text = render_cell(match["snippet"], match["cell"], flags, page, with_stamp, explanation)
         pieces += [markdown[last:match.start()],
                    "\n".join(f"{indent}{line}" if line else "" for line in text.splitlines())]
-        last = match.end()
+        last = end
     pieces.append(markdown[last:])
     return "".join(pieces)
 
