@@ -236,16 +236,25 @@ LAYOUT_JS = """async () => {
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
     const height = document.documentElement.scrollHeight;                       // as a reader first sees it
     document.querySelectorAll('details').forEach(d => { d.open = true; });      // folded cells are measured too
-    await new Promise(r => setTimeout(r, 50));
     for (const img of document.images) { img.loading = "eager"; try { await img.decode(); } catch (e) {} }
-    const boxes = [...document.querySelectorAll('.md-typeset pre > code, .jp-Notebook pre')].map(el => {
+    // let the opened folds lay out, scrollbars included, before measuring (two frames and a pause)
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 100))));
+    const measure = () => [...document.querySelectorAll(
+            '.md-typeset pre > code, .jp-Notebook pre:not(.jp-OutputArea-output > pre), ' +
+            '.jp-OutputArea-output:has(> pre)')].map(el => {      // a notebook output scrolls in the box around it
         const cs = getComputedStyle(el);
+        const text = el.matches('.jp-OutputArea-output') ? getComputedStyle(el.firstElementChild) : cs;
         return {python: !!el.closest('div.language-python'), notebook_code: !!el.closest('.jp-InputArea'),
                 text: el.innerText.slice(0, 50),
-                wrap: cs.whiteSpace, overflowX: cs.overflowX, visible: el.getClientRects().length > 0,
+                wrap: text.whiteSpace, overflowX: cs.overflowX, visible: el.getClientRects().length > 0,
                 scrolls: el.scrollWidth > el.clientWidth + 1,
                 bar: el.offsetHeight - el.clientHeight - parseFloat(cs.borderTopWidth) - parseFloat(cs.borderBottomWidth)};
     });
+    let boxes = measure();
+    if (boxes.some(b => b.visible && b.scrolls && b.bar <= 0)) {     // a scrollbar still being laid out: look again
+        await new Promise(r => setTimeout(r, 300));
+        boxes = measure();
+    }
     const figures = [...document.images].filter(i => /outputs\\/|^data:image\\/png/.test(i.getAttribute('src') || ''))
         .map(i => ({src: (i.getAttribute('src') || '').slice(0, 80), natural: i.naturalWidth,
                     shown: i.getBoundingClientRect().width,
