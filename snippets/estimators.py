@@ -274,25 +274,6 @@ else:
     )
 
 
-def counted_bytes(tensors, saved):
-    """CPU: bytes of the distinct storages of `tensors`, plus the storages autograd
-    saved for backward that are not among them."""
-    sizes = {
-        t.untyped_storage().data_ptr(): t.numel() * t.element_size()
-        for t in tensors
-        if t is not None
-    }
-    sizes.update((ptr, n) for ptr, n in saved.items() if ptr not in sizes)
-    return sum(sizes.values())
-
-
-def cuda_memory():
-    """(bytes allocated now, the most allocated since the last reset): the CUDA
-    caching allocator's counters, one set for the whole process."""
-    torch.cuda.synchronize()
-    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
-
-
 class StepMemory:
     """The peak memory of the training steps run inside `with`, measured around them:
     the loop itself stays a plain training loop.
