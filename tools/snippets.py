@@ -57,3 +57,37 @@ def cells(path: Path) -> list[Cell]:
     if not found:
         raise ValueError(f"{path}: no '# %% name' cells")
     return [Cell(name, "\n".join(body).rstrip("\n").rstrip(), first) for name, first, body in found]
+
+
+SENTENCE = re.compile(r"(.+?[.;])(?:\s|$)|(.+)$", re.S)
+
+
+def opening_sentences(source: str) -> list[str]:
+    """The sentences of a cell's opening comment (its first lines that are comments), in order."""
+    lines = []
+    for line in source.lstrip("\n").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text, found = " ".join(lines).strip(), []
+    while text:
+        match = SENTENCE.match(text)
+        sentence = (match[1] or match[2]).strip()
+        found.append(sentence)
+        text = text[match.end():].strip()
+    return found
+
+
+def fold_label(source: str) -> str:
+    """What a folded cell holds, in its own words: the first sentence of its opening comment (``# Setup the cells
+    below need: imports, the device, …`` gives that sentence), or '' when it opens with code."""
+    sentences = opening_sentences(source)
+    if not sentences:
+        return ""
+    label = re.sub(r"^Setup the cells below need:\s*", "what the cells below need: ", sentences[0].rstrip(".;"))
+    if len(label) > LABEL_LENGTH:                              # a title, not a paragraph: cut at a word, say so
+        label = label[:LABEL_LENGTH].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
+    return label.replace('"', "'")
+
+
+LABEL_LENGTH = 80
