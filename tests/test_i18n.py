@@ -79,3 +79,48 @@ def test_each_edition_has_its_own_search_index_and_chinese_is_segmented(site):
     for name in ("chapters/models", "index"):
         page = (site / "zh" / name.replace("index", "") / "index.html").read_text(encoding="utf-8")
         assert re.search(r'"base": "[./]*/?zh/"', page), name
+
+
+ENGLISH_COLUMNS = {"英文术语", "概念"}
+
+
+def english_runs(html_text: str) -> list[str]:
+    """Runs of four or more English words a Chinese page shows outside code, outputs and quotations (“…”): words
+    the site adds or translates, left in English. A table column headed 英文术语 or 概念 (the glossary's English
+    terms) is meant to be English."""
+    soup = BeautifulSoup(html_text, "html.parser")
+    for table in soup.select("table"):
+        english = [i for i, th in enumerate(table.select("thead th")) if th.get_text(strip=True) in ENGLISH_COLUMNS]
+        for row in table.select("tbody tr"):
+            for i, cell in enumerate(row.find_all("td")):
+                if i in english:
+                    cell.decompose()
+    for element in soup.select("pre, code, script, style, svg, .highlight, .jp-OutputArea, .jp-InputArea"):
+        element.decompose()
+    for cell in soup.select("th, td"):            # a run of words never crosses from one table cell to the next
+        cell.append(" ¦ ")
+    article = soup.select_one("article") or soup
+    text = re.sub(r"“[^”]*”", " ", " ".join(article.get_text(" ").split()))
+    return re.findall(r"[A-Za-z][\w'’-]+(?:[ ,.;:]+[A-Za-z][\w'’-]+){3,}", text)
+
+
+def test_english_runs_are_found():
+    assert english_runs("<article><p>显存 <em>what the cells below need</em>：导入</p></article>") == [
+        "what the cells below need"]
+    assert english_runs("<article><table><thead><tr><th>英文术语</th><th>本站用词</th></tr></thead><tbody><tr>"
+                        "<td>mixed precision with autocast</td><td>混合精度</td></tr></tbody></table></article>") == []
+    assert english_runs("<article><p>原笔记写道：“CUDA out of memory. Tried to allocate”</p>"
+                        "<pre>the whole of the code</pre></article>") == []
+
+
+def test_the_chinese_pages_show_no_english_sentences(site):
+    """Fold titles, figure descriptions, notebook stamps and labels are Chinese on /zh/ (i18n/zh.yml, the hook's
+    words); what stays English is code, outputs, quotations and the glossary's English terms."""
+    found = {}
+    for path in sorted((site / "zh").rglob("index.html")):
+        if "search" in path.parts:
+            continue
+        runs = english_runs(path.read_text(encoding="utf-8"))
+        if runs:
+            found[str(path.relative_to(site))] = runs
+    assert not found, "\n".join(f"{page}: {runs}" for page, runs in found.items())

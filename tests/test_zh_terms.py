@@ -151,3 +151,14 @@ def test_every_closing_summary_has_the_same_heading():
                 for match in re.finditer(r"^## (.+?) \{#what-to-take-away\}", page.read_text(encoding="utf-8"), re.M)]
     summary = next(row["term"] for row in terms() if row["concept"] == "closing summary")
     assert headings and all(title == summary for _, title in headings), headings
+
+
+def test_the_words_the_site_adds_keep_to_the_glossary():
+    """The hook's Chinese words (stamps, tabs, notes, tables) and i18n/zh.yml's fold titles and figure descriptions
+    are Chinese sentences too."""
+    from tools import hook, translations
+    texts = [re.sub(r"\{\w+\}|\]\([^)]*\)", " ", text) for text in hook.WORDS["zh"].values()]
+    texts += [entry.get("zh") or "" for kind in translations.load().values() for entry in kind.values()]
+    found = [problem for text in texts
+             for problem in avoided_words(text, terms()) + punctuation_problems(text)]
+    assert not found, "\n".join(found)

@@ -34,7 +34,7 @@ from mkdocs.utils import get_relative_url
 
 # MkDocs loads this file by path; make its package importable however mkdocs was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import environment, notebook_pages, recordings, snippets  # noqa: E402
+from tools import environment, notebook_pages, notebooks, recordings, snippets, translations  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -66,6 +66,7 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "copy_note": "A visible cell's copy button gives code that runs when you paste it after the file's setup and "
                      "the folded cells above it, in the page's order; each file also runs whole. Tap a figure to "
                      "see it full size.",
+        "copy_code": "Copy to Clipboard", "copied": "Copied!",
         "taught_in": "Taught in ", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
         "times_summary_header": "| Snippet | Device | Seconds | Slowest cell | Highest peak (MiB) |",
@@ -82,27 +83,28 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
                     "beside the CPU one.",
     },
     "zh": {
-        "output": "输出", "stderr": "标准错误与警告 (stderr, warnings)", "not_recorded_tab": "GPU · 尚未录制",
-        "not_recorded": "这个标签页是空的，因为这个单元还没有在 GPU 上运行过。在 GPU 上，它打印的是 GPU 自己测得的结果"
+        "output": "输出", "stderr": "标准错误与警告（stderr、warnings）", "not_recorded_tab": "GPU · 尚未录制",
+        "not_recorded": "这个标签页是空的：这个单元格还没有在 GPU 上运行过。在 GPU 上，它打印的是 GPU 自己测得的结果"
                         "（CUDA 分配器统计的字节数，或 GPU 上的耗时），与旁边 CPU 标签页的内容不同。"
                         "[自己动手运行]({guide})介绍了怎样在你的 GPU 上录制它。",
-        "silent": "这个单元在此没有输出。", "folded": "{where}",
-        "answer": "答案（先做出预测，再展开）",
-        "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元",
+        "silent": "这个单元格在这里没有输出。", "folded": "{where}",
+        "answer": "答案（先自己预测，再展开）",
+        "stale": "录制已过期或缺失", "missing_snippet": "找不到代码文件", "missing_cell": "找不到单元格",
         "recorded_on": "录制于", "and_on": "，以及", "notebook": "笔记本",
         "run_yourself": "自己运行本页的代码：",
-        "notebook_intro": "{file} 的全部内容，逐个单元列出，附上每个单元打印的输出；章节里折叠的单元，这里也折叠。",
-        "copy_note": "可见单元的复制按钮给出的代码，按页面顺序粘贴在该文件的初始化单元和上方折叠的单元之后即可运行；"
-                     "每个文件也可以整个直接运行。点按图片可查看原尺寸。",
+        "notebook_intro": "{file} 的全部单元格，依次列出，每个单元格下面是它打印的输出；章节里折叠的单元格，这里也折叠。",
+        "copy_note": "用可见单元格的复制按钮复制的代码，按页面顺序粘贴在该文件的准备单元格和上方折叠的单元格之后就能运行；"
+                     "每个代码文件也可以整个运行。点按图片可查看原尺寸。",
+        "copy_code": "复制到剪贴板", "copied": "已复制！",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
         "downloads_label": "本笔记本的下载",
-        "times_summary_header": "| 代码文件 | 设备 | 秒 | 最慢的单元 | 最高峰值 (MiB) |",
-        "times_header": "| 单元 | 秒 | 峰值内存 (MiB) | 测量方式 |",
-        "times_cells": "{name}（{device}）：每个单元",
+        "times_summary_header": "| 代码文件 | 设备 | 秒 | 最慢的单元格 | 最高峰值（MiB） |",
+        "times_header": "| 单元格 | 秒 | 峰值（MiB） | 测量方式 |",
+        "times_cells": "{name}（{device}）：每个单元格",
         "times_total": "全部代码文件合计（每个都在新的进程中运行）：{summary}。",
         "times_on": "{kind} 上 **{seconds:.1f} 秒**",
-        "process resident memory (RSS)": "进程常驻内存 (RSS)",
-        "cuda max_memory_allocated": "CUDA 的 max_memory_allocated",
+        "process resident memory (RSS)": "进程常驻内存（RSS）",
+        "cuda max_memory_allocated": "CUDA 的 max_memory_allocated（峰值显存）",
         "hardware_header": "| 设备 | torch | torchvision | CUDA | Python | 录制日期 | 代码文件数 |",
         "no_gpu": "全部 {total} 个代码文件都在 CPU 上录制，**还没有任何一个在 GPU 上录制过**：凡是 GPU 会输出不同结果的"
                   "地方，页面上的 GPU 标签页都会说明这一点，并给出录制的命令。",
@@ -194,7 +196,7 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" if line else "" for line in text.splitlines())
 
 
-def outputs(result: dict, page) -> str:
+def outputs(result: dict, page, key: str = "") -> str:
     """A recorded cell's stdout, its stderr and warnings (styled apart) and its figures; '' when it has none."""
     parts = []
     if result["stdout"]:
@@ -202,7 +204,9 @@ def outputs(result: dict, page) -> str:
     errors = result.get("stderr", "") + "".join(f"{w}\n" for w in result.get("warnings", []))
     if errors:
         parts.append(fence(errors, "text", t(page, "stderr"), "cell-stderr"))
-    for figure, description in zip(result["figures"], result["figure_descriptions"]):
+    for number, (figure, description) in enumerate(zip(result["figures"], result["figure_descriptions"]), start=1):
+        if lang(page) == "zh":
+            description = translations.chinese("figures", f"{key}/{number}", description, _zh or None)  # key: device/snippet/cell
         size = notebook_pages.png_size((DOCS / figure).read_bytes()[:32]) if (DOCS / figure).is_file() else None
         box = f" width={size[0]} height={size[1]}" if size else ""   # the page keeps its layout while it loads
         parts.append(f"![{description}]({_relative(page, figure)}){{ loading=lazy{box} }}")
@@ -229,12 +233,11 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
         reason = "\n\n    ".join(stale) or "no recording"
         return f'!!! failure "{t(page, "stale")}"\n    {reason}\n\n{code}'
     if "collapsed" in flags:
-        label = fold_label(cell.source)
-        where_label = f"{path.name} · {cell.name}" + (f": {label}" if label else "")
-        code = f'??? example "{t(page, "folded", where=where_label)}"\n\n{_indent(code)}'
+        code = f'??? example "{fold_title(page, snippet_name, cell)}"\n\n{_indent(code)}'
     parts = [] if "no-code" in flags else [code]
-    blocks = [(tab_label(recording), outputs(next(r for r in recording["cells"] if r["name"] == cell_name), page))
-              for recording in found.values()] if "no-output" not in flags else []
+    blocks = [(tab_label(recording), outputs(next(r for r in recording["cells"] if r["name"] == cell_name), page,
+                                                    f"{device}/{snippet_name}/{cell_name}"))
+              for device, recording in found.items()] if "no-output" not in flags else []
     if any(body for _, body in blocks):
         selected = 0
         if len(blocks) == 1 and "gpu" in flags:
@@ -255,7 +258,14 @@ def render_cell(snippet_name: str, cell_name: str, flags: set[str], page, with_s
     return "\n\n".join(parts)
 
 
-fold_label = snippets.fold_label
+def fold_title(page, snippet_name: str, cell) -> str:
+    """A folded cell's title: 'file · cell: what it holds' (the cell's opening comment; on /zh/ its Chinese from
+    i18n/zh.yml while that translates today's comment)."""
+    label = snippets.fold_label(cell.source)
+    if label and lang(page) == "zh":
+        label = translations.chinese("folds", f"{snippet_name}/{cell.name}", label, _zh or None)
+    return t(page, "folded", where=f"{snippet_name}.py · {cell.name}" + (("：" if lang(page) == "zh" else ": ")
+                                                                        + label if label else ""))
 
 
 def expand_cells(markdown: str, page) -> str:
@@ -290,12 +300,13 @@ def snippet_links(markdown: str, page, config) -> str:
     if not names or not heading:
         return markdown
     repo = config["repo_url"].removeprefix("https://github.com/").strip("/")
-    items = [f"`{name}.py` ([notebook]({_relative(page, f'notebooks/{name}.ipynb')}) · "
+    zh = lang(page) == "zh"
+    items = [f"`{name}.py`{'（' if zh else ' ('}[{t(page, 'notebook')}]({_relative(page, f'notebooks/{name}.ipynb')}) · "
              f"[.py]({_relative(page, f'snippets/{name}.py')}) · "
-             f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb))"
-             for name in names]
+             f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb)"
+             f"{'）' if zh else ')'}" for name in names]
     links = (f"\n\n<div class=\"snippet-links\" markdown>\n**{t(page, 'run_yourself')}** "
-             + ", ".join(items) + f"\n\n{t(page, 'copy_note')}\n</div>\n")
+             + ("、" if zh else ", ").join(items) + f"\n\n{t(page, 'copy_note')}\n</div>\n")
     return markdown[:heading.end()] + links + markdown[heading.end():]
 
 
@@ -358,22 +369,16 @@ def recorded_hardware(page) -> str:
 
 
 _folded: dict[str, dict[str, str]] = {}     # snippet → {cell: label} of the cells a chapter shows folded
+_zh: dict[str, dict] = {}                   # tools.translations.load(): Chinese fold titles and figure descriptions
 
 
 def on_pre_build(config):
-    """Which cells the chapters fold (``collapsed``), read once per build: notebook pages fold the same ones."""
+    """Read once per build: which cells the chapters fold (``collapsed``; notebook pages fold the same ones), and the
+    Chinese edition's words for fold titles and figures (``tools.translations``)."""
     _folded.clear()
-    for page in sorted(Path(config["docs_dir"]).rglob("*.md")):
-        if ".zh." in page.name:
-            continue
-        for match in CELL_MARKER.finditer(page.read_text(encoding="utf-8")):
-            if "collapsed" in match["flags"].split():
-                _folded.setdefault(match["snippet"], {})[match["cell"]] = ""
-    for name, folded in _folded.items():
-        path = snippets.SNIPPETS_DIR / f"{name}.py"
-        for cell in snippets.cells(path) if path.exists() else []:
-            if cell.name in folded:
-                folded[cell.name] = fold_label(cell.source)
+    _folded.update(translations.folded_cells(Path(config["docs_dir"])))
+    _zh.clear()
+    _zh.update(translations.load())
 
 
 def _div_end(html_text: str, start: int) -> int:
@@ -402,12 +407,27 @@ def fold_notebook_cells(output: str, page) -> str:
         if start < 0:
             continue
         end = _div_end(output, start)
-        label = _folded[name][cell.name]
-        where = f"{path.name} · {cell.name}" + (f": {label}" if label else "")
-        summary = html.escape(t(page, "folded", where=where))
+        summary = html.escape(fold_title(page, name, cell))
         output = (f'{output[:start]}<details class="example notebook-fold"><summary>{summary}</summary>'
                   f"{output[start:end]}</details>{output[end:]}")
     return output
+
+
+def localise_notebook(output: str, page) -> str:
+    """A Chinese notebook page (the same .ipynb as the English one) in Chinese: its first cell, the stamp, written
+    again from the recording; the figures' alt text from i18n/zh.yml; the copy buttons' words."""
+    name = Path(page.file.src_uri).stem
+    recording = recordings.preferred(name)
+    if recording:
+        stamp = html.escape(notebooks.stamp_text(recording, recordings.load_all(name), "zh"))
+        stamp = re.sub(r"`([^`]*)`", r"<code>\1</code>", stamp)
+        output = re.sub(r'(id="cell-id=[\w-]+-0">.*?<p><em>).*?(</em></p>)', lambda m: m[1] + stamp + m[2], output,
+                        count=1, flags=re.S)
+    for key, entry in _zh.get("figures", {}).items():
+        if entry.get("zh") and key.startswith(f"{recording['environment']['device'] if recording else ''}/{name}/"):
+            output = output.replace(f'alt="{html.escape(entry["en"])}"', f'alt="{html.escape(entry["zh"])}"')
+    output = output.replace('aria-label="Copy to Clipboard"', f'aria-label="{t(page, "copy_code")}"')
+    return output.replace(">Copied!<", f">{t(page, 'copied')}<")
 
 
 def on_post_page(output, page, config):
@@ -416,6 +436,8 @@ def on_post_page(output, page, config):
     site's base."""
     if page.file.src_uri.startswith("notebooks/"):
         output = fold_notebook_cells(notebook_pages.slim(output), page)
+        if lang(page) == "zh":
+            output = localise_notebook(output, page)
     # mkdocs-static-i18n's <link rel="alternate" hreflang> tags point at this page in each edition; Material fetches
     # a sitemap.xml beside each of them (it expects edition roots) and gets 404s. The header's language switch
     # already links every page to its other edition.

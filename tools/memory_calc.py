@@ -68,6 +68,10 @@ BATCH_TOO_BIG = f"The batch size can be at most {MAX_BATCH:,}."
 BATCH_NOT_WHOLE = "The batch size must be a whole number written in digits, such as 64."
 
 SEPARATORS = re.compile(r"[ \t\r\n,]+")          # exactly these characters, in Python and in JavaScript alike
+# What a Chinese input method types, read as the ASCII it stands for (before anything else, in both languages):
+# full-width digits, comma, minus, full stop and semicolon, the ideographic comma 、 and the ideographic space.
+WIDE = {**{chr(0xFF10 + d): str(d) for d in range(10)}, "，": ",", "、": ",", "\u3000": " ", "－": "-", "．": ".",
+        "；": ";"}
 DIGITS = re.compile(r"[0-9]+")
 NEGATIVE = re.compile(r"-[0-9]+")
 
@@ -84,15 +88,22 @@ def _layer_too_big(position: int) -> str:
     return f"Each layer size can be at most {MAX_SIZE:,}; size {position} is bigger."
 
 
+def ascii_input(text: str) -> str:
+    """``text`` with what Chinese input methods type (``WIDE``: ７８４，１２８、１０ and the ideographic space)
+    replaced by the ASCII it stands for; every other character is left as it is."""
+    return "".join(WIDE.get(character, character) for character in text)
+
+
 def parse_layers(text: str) -> list[int]:
     """The page's layer-sizes field → the sizes, e.g. ``"784, 128, 10"`` → ``[784, 128, 10]``.
 
-    Sizes are separated by commas, spaces, tabs or line breaks (any run of them; leading zeros are allowed). Raises
+    Sizes are separated by commas, spaces, tabs or line breaks (any run of them; leading zeros are allowed); what a
+    Chinese input method types counts as the same (``ascii_input``: full-width digits and commas, 、, U+3000). Raises
     ``ValueError`` for an empty field, a token that is not digits (``12.5``, ``NaN``, ``1e15``, text), a size below 1
     or above ``MAX_SIZE``, and fewer than ``MIN_SIZES`` or more than ``MAX_SIZES`` sizes; the first problem wins.
     The message names the size by its position, never echoes the input (so "NaN" typed is never shown back).
     """
-    tokens = [t for t in SEPARATORS.split(text) if t]
+    tokens = [t for t in SEPARATORS.split(ascii_input(text)) if t]
     if not tokens:
         raise ValueError(LAYERS_EMPTY)
     sizes = []
@@ -117,7 +128,7 @@ def parse_layers(text: str) -> list[int]:
 def parse_batch(text: str) -> int:
     """The page's batch-size field → the batch size (digits only, spaces around allowed). Raises ``ValueError``
     for an empty field, anything but digits, and a size below 1 or above ``MAX_BATCH``."""
-    token = text.strip(" \t\r\n")
+    token = ascii_input(text).strip(" \t\r\n")
     if not token:
         raise ValueError(BATCH_EMPTY)
     if NEGATIVE.fullmatch(token):
@@ -313,6 +324,12 @@ def _cases() -> list[dict]:
         dict(layers="  0784 ,128,,10,  ", batch=" 64 ", dtype="float32", optimizer="sgd-momentum",
              mode="training"),                                                              # lenient separators
         dict(layers="3072\n4096\t4096, 10", batch="1", dtype="float16", optimizer="sgd", mode="inference"),
+        # what Chinese input methods type: full-width digits and commas, 、, the ideographic space, mixed with ASCII
+        dict(layers="７８４，１２８，１０", batch="６４", dtype="float32", optimizer="adam", mode="training"),
+        dict(layers="784、128、10", batch="\u3000６４\u3000", dtype="float32", optimizer="sgd", mode="training"),
+        dict(layers="3072\u3000128\u300010", batch="1024", dtype="float16", optimizer="sgd-momentum",
+             mode="training"),
+        dict(layers="７８４, 128，10、", batch="１０２４", dtype="bfloat16", optimizer="adam", mode="inference"),
         dict(layers=", ".join(["1000000"] * MAX_SIZES), batch="1000000", dtype="float32", optimizer="adam",
              mode="training"),                                                              # the largest input
     ]
@@ -323,9 +340,10 @@ ERRORS = [("layers", text) for text in (
     "", "   ", ",", "0", "784, 0, 10", "784, -128, 10", "-5", "784, 12.5, 10", "12.5", "NaN", "784, NaN, 10",
     "abc", "784, 128, ten", "1e15", "784, 1e15, 10", "1000000000000000", "784, 1000001, 10", "Infinity",
     "784; 128; 10", "784", "0x10, 10", "+5, 10", ", ".join(["10"] * (MAX_SIZES + 1)),
-    "123456789012345678901234567890, 10")] + [("batch", text) for text in (
+    "123456789012345678901234567890, 10", "７８４；１２８；１０", "七百八十四，１０", "７８４，１２．５，１０",
+    "７８４，－１２８，１０", "７８４")] + [("batch", text) for text in (
     "", "  ", "0", "-64", "6.4", "NaN", "abc", "1e15", "1000000000000000", "1000001", "Infinity", "64 128", "1,024",
-    "-0")]
+    "-0", "６．４", "－６４", "１，０２４", "六十四", "\u3000")]
 
 
 def vectors() -> dict:

@@ -16,11 +16,21 @@ from tools import environment, recordings, snippets
 NOTEBOOKS_DIR = snippets.ROOT / "docs" / "notebooks"
 
 
-def stamp_text(recording: dict, others: dict[str, dict] | None = None) -> str:
+def stamp_text(recording: dict, others: dict[str, dict] | None = None, language: str = "en") -> str:
+    """The notebook's first cell: where and when its outputs were recorded, and what else recorded them (markdown;
+    ``language`` 'zh' for the Chinese edition's notebook pages)."""
     env = recording["environment"]
+    rest = [r["environment"] for device, r in (others or {}).items() if device != env["device"]]
+    if language == "zh":
+        text = (f"输出录制于 {environment.label(env)}，torch {env['torch']}，{env['recorded_at'][:10]}，"
+                f"来自 `{recording['snippet']}`。")
+        if rest:
+            text += "另有 " + "、".join(environment.label(e) for e in rest) + " 上的录制：章节页面两者都显示。"
+        elif env["device"] == "cpu":
+            text += "还没有在 GPU 上录制：在有 CUDA 的机器上运行 `python -m tools.record --device cuda` 即可。"
+        return text
     text = (f"Outputs recorded on {environment.label(env)} with torch {env['torch']}, "
             f"{env['recorded_at'][:10]}, from `{recording['snippet']}`.")
-    rest = [r["environment"] for device, r in (others or {}).items() if device != env["device"]]
     if rest:
         text += " Also recorded on " + ", ".join(environment.label(e) for e in rest) + \
             ": the chapter page shows both."

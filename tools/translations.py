@@ -7,7 +7,7 @@ They live in ``i18n/zh.yml``, each entry with the English it translates::
     folds:
       image_tensors/setup: {en: "what the cells below need: …", zh: "下面的单元格要用到的：…"}
     figures:
-      mnist_samples/grid/1: {en: "Sixteen random training images …", zh: "随机抽取的十六张训练图像……"}
+      cpu/mnist_samples/grid/1: {en: "Sixteen random training images …", zh: "随机抽取的十六张训练图像……"}
 
 When the English changes, the entry is stale: ``python -m tools.translations`` lists what is missing, stale or
 unused (and exits 1), ``--update`` adds the missing entries and refreshes the English of stale ones with an empty
@@ -48,16 +48,16 @@ def folded_cells(docs_dir: Path = DOCS) -> dict[str, dict[str, str]]:
 
 
 def expected(docs_dir: Path = DOCS) -> dict[str, dict[str, str]]:
-    """What needs a Chinese word: {'folds': {snippet/cell: English}, 'figures': {snippet/cell/N: English}}, the
-    figures as the preferred recording (CUDA where there is one) describes them, N counting from 1."""
+    """What needs a Chinese word: {'folds': {snippet/cell: English}, 'figures': {device/snippet/cell/N: English}},
+    a figure as each device's recording describes it (its title says which device), N counting from 1."""
     folds = {f"{name}/{cell}": label for name, cells in folded_cells(docs_dir).items()
              for cell, label in cells.items() if label}
     figures = {}
     for path in snippets.find():
-        recording = recordings.preferred(path.stem)
-        for cell in recording["cells"] if recording else []:
-            for number, description in enumerate(cell.get("figure_descriptions", []), start=1):
-                figures[f"{path.stem}/{cell['name']}/{number}"] = description
+        for device, recording in recordings.load_all(path.stem).items():
+            for cell in recording["cells"]:
+                for number, description in enumerate(cell.get("figure_descriptions", []), start=1):
+                    figures[f"{device}/{path.stem}/{cell['name']}/{number}"] = description
     return {"folds": folds, "figures": figures}
 
 

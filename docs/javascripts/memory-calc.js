@@ -24,6 +24,15 @@
   var SEPARATORS = /[ \t\r\n,]+/;
   var DIGITS = /^[0-9]+$/;
   var NEGATIVE = /^-[0-9]+$/;
+  // What a Chinese input method types, read as the ASCII it stands for (tools/memory_calc.py's WIDE and
+  // ascii_input): full-width digits, comma, minus, full stop and semicolon, the ideographic comma and space.
+  var WIDE = { "\uFF0C": ",", "\u3001": ",", "\u3000": " ", "\uFF0D": "-", "\uFF0E": ".", "\uFF1B": ";" };
+  function asciiInput(text) {
+    return String(text).replace(/[\uFF10-\uFF19\uFF0C\u3001\u3000\uFF0D\uFF0E\uFF1B]/g, function (c) {
+      var code = c.charCodeAt(0);
+      return code >= 0xFF10 && code <= 0xFF19 ? String(code - 0xFF10) : WIDE[c];
+    });
+  }
 
   function layerNotWhole(i) { return "Layer sizes must be whole numbers written in digits; size " + i + " is not."; }
   function layerTooSmall(i) { return "Each layer size must be at least 1; size " + i + " is not."; }
@@ -52,7 +61,7 @@
 
   // The layer-sizes field → an array of BigInt; throws an Error whose message is shown next to the field.
   function parseLayers(text) {
-    var tokens = String(text).split(SEPARATORS).filter(function (t) { return t !== ""; });
+    var tokens = asciiInput(text).split(SEPARATORS).filter(function (t) { return t !== ""; });
     if (tokens.length === 0) throw new Error(say(LAYERS_EMPTY, "layersEmpty"));
     var sizes = [];
     for (var i = 0; i < tokens.length; i++) {
@@ -71,7 +80,7 @@
 
   // The batch-size field → a BigInt; throws like parseLayers.
   function parseBatch(text) {
-    var token = String(text).replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
+    var token = asciiInput(text).replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
     if (token === "") throw new Error(say(BATCH_EMPTY, "batchEmpty"));
     if (NEGATIVE.test(token)) throw new Error(say(BATCH_TOO_SMALL, "batchTooSmall"));
     if (!DIGITS.test(token)) throw new Error(say(BATCH_NOT_WHOLE, "batchNotWhole"));
