@@ -86,7 +86,7 @@ def test_each_chapter_ends_with_exercises_answered_by_recorded_cells(number):
         text = page.read_text(encoding="utf-8")
         found = [(name, cell) for name, flags, cell in markers(page) if "answer" in flags]
         if found:
-            exercises = re.search(r"^## Exercises\s*$", text, re.MULTILINE)
+            exercises = re.search(r"^## Exercises(?:\s*\{#exercises\})?\s*$", text, re.MULTILINE)
             assert exercises, f"{page.name}: answers outside an '## Exercises' section"
             assert not re.search(r"^## ", text[exercises.end():], re.MULTILINE), f"{page.name}: exercises not last"
             assert 2 <= len(found) <= 4, f"{page.name}: {len(found)} exercises"
