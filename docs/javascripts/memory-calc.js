@@ -55,7 +55,7 @@
     optimizers: { sgd: "SGD", "sgd-momentum": "带动量的 SGD", adam: "Adam" },
     noResult: "没有结果：",
     fixField: "没有结果：请修正上面标出的字段。",
-    memoryFor: "一个步骤所需的内存："
+    memoryFor: "一个步骤所需的显存："
   };
   function say(english, key) { return zh() ? CHINESE[key] : english; }
 
