@@ -15,7 +15,7 @@ import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from tools import snippets  # noqa: E402
+from tools import snippets, translations  # noqa: E402
 from site_build import serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -469,8 +469,12 @@ def test_the_last_chapter_does_not_lead_into_the_notebooks(context, server):
 # The two editions (mkdocs-static-i18n): the language switch and Chinese search.
 
 @pytest.mark.parametrize("start, other", [("chapters/models/", "zh/chapters/models/"),
-                                          ("zh/chapters/real-gpu/", "chapters/real-gpu/")])
+                                          ("zh/chapters/real-gpu/", "chapters/real-gpu/"),
+                                          ("chapters/real-gpu/#the-cuda-context", "zh/chapters/real-gpu/#the-cuda-context"),
+                                          ("zh/chapters/batch-does-not-fit/#mixed-precision",
+                                           "chapters/batch-does-not-fit/#mixed-precision")])
 def test_the_language_switch_lands_on_the_same_page_in_the_other_edition(context, server, start, other):
+    """…and on the same section: both editions give each heading the same id, and the switch keeps the #."""
     page = Visit(context, server).open(start)
     target = "zh" if not start.startswith("zh/") else "en"
     page.locator(".md-header__option .md-select").first.hover()
@@ -480,6 +484,8 @@ def test_the_language_switch_lands_on_the_same_page_in_the_other_edition(context
     page.wait_for_load_state()
     assert page.url == server + other
     assert page.evaluate("document.documentElement.lang") == ("zh" if target == "zh" else "en")
+    if "#" in other:
+        assert page.locator(f"#{other.split('#')[1]}").count() == 1
 
 
 @pytest.mark.parametrize("query, chapter", [("显存", "zh/chapters/memory-arithmetic/"),
@@ -494,3 +500,28 @@ def test_chinese_search_finds_the_chapter_and_stays_in_the_chinese_edition(conte
              for a in page.locator("li.md-search-result__item > a").all()]
     assert server + chapter in found, found
     assert all(url.startswith(server + "zh/") for url in found), found
+
+
+SEARCHED = [row for row in translations.glossary_terms() if row["section"]]
+
+
+def test_each_linked_glossary_term_typed_on_zh_finds_its_section_first(context, server):
+    """The Chinese glossary's terms that link to a section (docs/reference/glossary.zh.md, 本站用语): typed into the
+    search on /zh/, the first result is that page, and its first section is that section (jieba's user dictionary
+    keeps each term whole in the index, and the search worker's query segmentation tries whole words)."""
+    assert len(SEARCHED) >= 10
+    page = context.new_page()
+    wrong = []
+    for row in SEARCHED:
+        target, _, anchor = row["section"].removesuffix(".md").partition(".md#")
+        target = "zh/" + target.removesuffix(".md") + "/"
+        page.goto(f"{server}zh/?q={row['term']}", wait_until="networkidle")     # Material's search deep link
+        first = page.locator("li.md-search-result__item").first
+        first.locator("a").first.wait_for(timeout=10_000)
+        links = [urljoin(page.url, a.get_attribute("href")) for a in first.locator("a").all()]
+        found = [urldefrag(link.split("?")[0] + ("#" + link.split("#")[1] if "#" in link else "")) for link in links]
+        pages = {url for url, _ in found}
+        sections = [fragment for _, fragment in found if fragment]
+        if pages != {server + target} or (anchor and (not sections or sections[0] != anchor)):
+            wrong.append(f"{row['term']}: wanted {target}#{anchor}, first result {links[:3]}")
+    assert not wrong, "\n".join(wrong)

@@ -13,25 +13,11 @@ import pytest
 import yaml
 
 from site_build import ROOT
+from tools import translations
 
 DOCS = ROOT / "docs"
-GLOSSARY = DOCS / "reference" / "glossary.zh.md"
-TERMS_HEADER = "| 概念 | 本站用词 | 别名 | 不用 |"
 CJK = r"[\u3400-\u9fff]"
-
-
-def terms() -> list[dict]:
-    """The glossary's term table: [{'concept', 'term', 'aliases', 'avoid'}], aliases and avoid as lists."""
-    lines = GLOSSARY.read_text(encoding="utf-8").splitlines()
-    start = lines.index(TERMS_HEADER) + 2
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        concept, term, aliases, avoid = (cell.strip() for cell in line.strip("|").split("|"))
-        split = lambda cell: [word.strip() for word in cell.split("、") if word.strip()]  # noqa: E731
-        rows.append({"concept": concept, "term": term, "aliases": split(aliases), "avoid": split(avoid)})
-    return rows
+terms = translations.glossary_terms
 
 
 def chinese_pages() -> list[Path]:

@@ -125,6 +125,41 @@ _stale: dict[str, str] = {}
 _taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
+JIEBA_USER_DICT = Path(__file__).resolve().parent.parent / ".cache" / "jieba-user.txt"
+
+
+@event_priority(100)        # before Material's search plugin loads jieba's dictionaries in its own on_config
+def on_config(config):
+    """Chinese search keeps each glossary term whole: the terms and aliases of the Chinese glossary's table
+    (``translations.search_words``) become jieba's user dictionary, written once per build."""
+    search = config["plugins"].get("material/search") or config["plugins"].get("search")
+    if search is not None and not search.config.get("jieba_dict_user"):
+        JIEBA_USER_DICT.parent.mkdir(parents=True, exist_ok=True)
+        JIEBA_USER_DICT.write_text("".join(f"{word}\n" for word in translations.search_words()), encoding="utf-8")
+        search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
+    return config
+
+
+# Material's search worker cuts a Chinese query into words it finds in the index, but never tries a word that ends
+# at the query's last character (``for (j = i + 1; j < query.length; j++)``), so "梯度累积" is searched as "梯度*"
+# and every page about gradients ranks alongside. The built worker is patched to try that word too (j <= length).
+WORKER_SEGMENT = re.compile(r"for\(let (\w)=(\w)\+1;\1<(\w)\.length;\1\+\+\)\3\.slice\(\2,\1\)in ")
+
+
+def patch_search_worker(site_dir: str) -> None:
+    workers = list((Path(site_dir) / "assets" / "javascripts" / "workers").glob("search.*.min.js"))
+    for worker in workers:
+        text = worker.read_text(encoding="utf-8")
+        patched, count = WORKER_SEGMENT.subn(lambda m: m[0].replace(f"{m[1]}<{m[3]}.length", f"{m[1]}<={m[3]}.length"),
+                                             text)
+        if count != 1:
+            log.warning("Material's search worker %s has changed: the Chinese query segmentation patch "
+                        "(tools/hook.py, WORKER_SEGMENT) matched %d times, not once", worker.name, count)
+        worker.write_text(patched, encoding="utf-8")
+    if not workers:
+        log.warning("no search worker under assets/javascripts/workers to patch")
+
+
 @event_priority(-200)       # after mkdocs-jupyter and mkdocs-static-i18n
 def on_files(files, config):
     """Check every recording once per build, publish the snippet files so readers can download them, and give each
@@ -455,6 +490,7 @@ def on_post_build(config):
     i18n = config["plugins"].get("i18n")
     if i18n is None or i18n.building:
         return
+    patch_search_worker(config["site_dir"])
     path = Path(config["site_dir"]) / "search" / "search_index.json"
     if not path.exists():
         return

@@ -17,6 +17,7 @@ English.
 from __future__ import annotations
 
 import argparse
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,37 @@ from tools import recordings, snippets
 PATH = snippets.ROOT / "i18n" / "zh.yml"
 DOCS = snippets.ROOT / "docs"
 CELL_MARKER = re.compile(r"<!--[ \t]*cell:[ \t]*(?P<snippet>[\w-]+)/(?P<cell>[a-z][a-z0-9-]*)(?P<flags>[^>]*?)-->")
+
+
+GLOSSARY = DOCS / "reference" / "glossary.zh.md"
+TERMS_HEADER = "| 概念 | 本站用词 | 别名 | 不用 |"
+LINK = re.compile(r"\[([^\]]+)\]\(([^)]*)\)")
+
+
+def glossary_terms(glossary: Path = GLOSSARY) -> list[dict]:
+    """The Chinese glossary's table of the terms the site uses (under "本站用语"), one dict per concept:
+    ``concept`` (English), ``term``, ``section`` (the page#id its link names, relative to docs/, or None),
+    ``aliases`` and ``avoid`` (lists of words)."""
+    lines = Path(glossary).read_text(encoding="utf-8").splitlines()
+    start = lines.index(TERMS_HEADER) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        concept, term, aliases, avoid = (cell.strip() for cell in line.strip("|").split("|"))
+        link = LINK.fullmatch(term)
+        section = posixpath.normpath(posixpath.join("reference", link[2])) if link else None
+        split = lambda cell: [word.strip() for word in cell.split("、") if word.strip()]  # noqa: E731
+        rows.append({"concept": concept, "term": link[1] if link else term, "section": section,
+                     "aliases": split(aliases), "avoid": split(avoid)})
+    return rows
+
+
+def search_words(glossary: Path = GLOSSARY) -> list[str]:
+    """The Chinese words of the glossary's terms and aliases, for jieba's user dictionary: the search index then
+    keeps each one whole (梯度累积, not 梯度 + 累积), so that typing it finds the section that teaches it."""
+    words = [word for row in glossary_terms(glossary) for word in [row["term"], *row["aliases"]]]
+    return list(dict.fromkeys(w for w in words if re.fullmatch(r"[\u3400-\u9fff]{2,}", w)))
 
 
 def folded_cells(docs_dir: Path = DOCS) -> dict[str, dict[str, str]]:
