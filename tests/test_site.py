@@ -224,7 +224,7 @@ def test_home_page_names_the_recording_hardware(site):
 
 @pytest.fixture
 def copy_of_project(tmp_path):
-    for name in ("docs", "snippets", "tools", "overrides"):
+    for name in ("docs", "snippets", "tools", "overrides", "i18n"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)
     for pins in environment.PINS_FILES.values():
