@@ -1,4 +1,9 @@
-"""Seconds for `mkdocs build --strict` (both editions), the heaviest pages and the search index.
+"""Seconds for `mkdocs build --strict` (both editions), `mkdocs serve` as a reader meets it, the heaviest pages and
+the search index.
+
+`mkdocs serve` is started in a copy of the project (so nothing here is touched), as the README starts it: the
+seconds until its first page answers, then, after an edit to one chapter is saved, the seconds until the served page
+shows it (the rebuild that the browser's live reload then loads), three edits, each timed.
 
 A page's weight is its HTML plus everything it loads from this site (images, stylesheets, scripts) plus the search
 index, which every page fetches; printed raw and gzipped (each file gzipped on its own, level 6, as a web server
@@ -7,11 +12,16 @@ would send it). Sizes in bytes; MB here means 10^6 bytes.
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -38,6 +48,60 @@ def weight(paths: list[Path]) -> tuple[int, int]:
     return raw, zipped
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _until(url: str, done, limit: float = 120) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        if done(_get(url)):
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer as expected within {limit} s")
+
+
+def serve_times(edits: int = 3) -> tuple[float, list[float]]:
+    """(seconds until `mkdocs serve`'s first page answers, [seconds from saving an edit to one chapter until the
+    served page shows it, for each edit]), in a copy of the project with an empty mkdocs-jupyter cache."""
+    with tempfile.TemporaryDirectory() as scratch:
+        project = Path(scratch)
+        for name in ("docs", "snippets", "tools", "overrides", "i18n"):
+            shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
+        for name in ["mkdocs.yml", *(p.name for p in ROOT.glob("requirements*.txt"))]:
+            shutil.copy(ROOT / name, project / name)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}/image-data-gpu-memory/"
+        started = time.perf_counter()
+        server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"],
+                                  cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+        try:
+            _until(base, lambda page: page is not None)
+            first = time.perf_counter() - started
+            chapter, url = project / "docs" / "chapters" / "models.md", base + "chapters/models/"
+            edits_seconds = []
+            for number in range(edits):
+                time.sleep(1.5)                       # mkdocs serve waits for the file system to settle
+                marker = f"Edited-{number}-{time.time_ns()}"
+                chapter.write_text(chapter.read_text(encoding="utf-8") + f"\n\n{marker}\n", encoding="utf-8")
+                edits_seconds.append(_until(url, lambda page, m=marker: page is not None and m in page))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return first, edits_seconds
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         site = Path(scratch)
@@ -54,6 +118,10 @@ def main() -> None:
         index_raw, index_zipped = weight([index])
         pages = sum(1 for p in site.rglob("index.html") if "assets" not in p.parts)
     print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs) + " s (first run fills mkdocs-jupyter's cache)")
+    print(f"mkdocs build --strict, median of {len(runs)}: {statistics.median(runs):.2f} s")
+    first, edits = serve_times()
+    print(f"mkdocs serve: first page after {first:.1f} s; a saved edit to chapters/models.md shown after "
+          + ", ".join(f"{s:.1f}" for s in edits) + " s")
     print(f"{pages} pages; search index {index_raw:,} bytes ({index_zipped:,} gzipped)")
     for (raw, zipped), path in weights[:5]:
         print(f"{raw:>11,} bytes ({zipped:>9,} gzipped)  {path}  (HTML + images + CSS + JS + search index)")

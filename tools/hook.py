@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import posixpath
 import re
 import sys
@@ -34,7 +35,7 @@ from mkdocs.utils import get_relative_url
 
 # MkDocs loads this file by path; make its package importable however mkdocs was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import environment, notebook_pages, notebooks, recordings, snippets, translations  # noqa: E402
+from tools import build_speed, environment, notebook_pages, notebooks, recordings, snippets, translations  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.lesson")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -125,6 +126,7 @@ _stale: dict[str, str] = {}
 _taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
+FULL_BUILD = os.environ.get("LESSON_FULL_BUILD") == "1"   # build without tools/build_speed.py's shortcuts (tests)
 JIEBA_USER_DICT = Path(__file__).resolve().parent.parent / ".cache" / "jieba-user.txt"
 
 
@@ -137,6 +139,8 @@ def on_config(config):
         JIEBA_USER_DICT.parent.mkdir(parents=True, exist_ok=True)
         JIEBA_USER_DICT.write_text("".join(f"{word}\n" for word in translations.search_words()), encoding="utf-8")
         search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
+    if not FULL_BUILD:
+        build_speed.cache_highlighting()
     return config
 
 
@@ -166,7 +170,9 @@ def on_files(files, config):
     edition its notebook pages (see ``notebook_files``)."""
     notebook_files(files, config)
     _stale.clear()
-    for problem in recordings.problems():
+    key = build_speed.fingerprint([snippets.SNIPPETS_DIR, recordings.OUTPUTS_DIR, notebooks.NOTEBOOKS_DIR],
+                                  list(environment.PINS_FILES.values()))
+    for problem in (recordings.problems() if FULL_BUILD else build_speed.checked_once(key, recordings.problems)):
         _stale.setdefault(f"{problem.name}/{problem.device}", str(problem))
         log.warning("Recording %s", problem)
     for path in snippets.find():
@@ -212,9 +218,12 @@ def stamp(found: dict[str, dict], page) -> str:
     first = next(iter(found.values()))
     snippet = first["snippet"]
     name = Path(snippet).stem
-    runs = [f"**{environment.label(r['environment'])}** (torch {r['environment']['torch']}"
-            + (f", CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
-            + f", {r['environment']['recorded_at'][:10]}, {r['seconds']:.1f} s)" for r in found.values()]
+    zh = lang(page) == "zh"
+    comma, opening, closing, unit = ("，", "（", "）", " 秒") if zh else (", ", " (", ")", " s")
+    runs = [f"**{environment.label(r['environment'])}**{opening}torch {r['environment']['torch']}"
+            + (f"{comma}CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
+            + f"{comma}{r['environment']['recorded_at'][:10]}{comma}{r['seconds']:.1f}{unit}{closing}"
+            for r in found.values()]
     return (f"[{snippet}]({_relative(page, snippet)}) · [{t(page, 'notebook')}]"
             f"({_relative(page, f'notebooks/{name}.ipynb')}) · "
             f"{t(page, 'recorded_on')} {t(page, 'and_on').join(runs)}\n{{: .cell-stamp }}")
@@ -414,6 +423,9 @@ def on_pre_build(config):
     _folded.update(translations.folded_cells(Path(config["docs_dir"])))
     _zh.clear()
     _zh.update(translations.load())
+    search = config["plugins"].get("material/search") or config["plugins"].get("search")
+    if search is not None and not FULL_BUILD:
+        build_speed.index_plain_code(search)
 
 
 def _div_end(html_text: str, start: int) -> int:
@@ -456,8 +468,8 @@ def localise_notebook(output: str, page) -> str:
     if recording:
         stamp = html.escape(notebooks.stamp_text(recording, recordings.load_all(name), "zh"))
         stamp = re.sub(r"`([^`]*)`", r"<code>\1</code>", stamp)
-        output = re.sub(r'(id="cell-id=[\w-]+-0">.*?<p><em>).*?(</em></p>)', lambda m: m[1] + stamp + m[2], output,
-                        count=1, flags=re.S)
+        output = re.sub(r'(id="cell-id=[\w-]+-0">.*?)<p><em>.*?</em></p>',     # not in italics: Chinese has none
+                        lambda m: f'{m[1]}<p class="notebook-stamp">{stamp}</p>', output, count=1, flags=re.S)
     for key, entry in _zh.get("figures", {}).items():
         if entry.get("zh") and key.startswith(f"{recording['environment']['device'] if recording else ''}/{name}/"):
             output = output.replace(f'alt="{html.escape(entry["en"])}"', f'alt="{html.escape(entry["zh"])}"')

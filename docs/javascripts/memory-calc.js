@@ -185,22 +185,23 @@
     else if (optimizer === "sgd-momentum") state = "每个参数张量 1 个动量缓冲区：共 " + group(nParams) + " 个张量";
     else state = "每个参数张量 2 个缓冲区（exp_avg、exp_avg_sq）：共 " + group(2 * nParams) + " 个张量；步数计数器不计入";
     var logsoftmax = "log_softmax 的输出 " + b + " × " + group(layers[layers.length - 1]) + " 个值";
-    if (!training && hidden.length > 0) saved = "不为反向传播保存任何东西。未计入：前向传播的峰值时刻，某一层的输出和它的 " +
-      "ReLU 输出同时存在，2 × " + b + " × " + group(max(hidden)) + " 个值 × " + s + " 字节";
-    else if (!training) saved = "不为反向传播保存任何东西。未计入：前向传播的输出，" + b + " × " +
-      group(layers[layers.length - 1]) + " 个值 × " + s + " 字节";
-    else if (hidden.length === 0) saved = logsoftmax + " × " + s + " 字节 + 一个 " + s + " 字节的总权重";
+    var each = "，每个值 " + s + " 字节";
+    if (!training && hidden.length > 0) saved = "不为反向传播保存任何张量。未计入：前向传播到达峰值时，某一层的输出和它的 " +
+      "ReLU 输出同时存在，共 2 × " + b + " × " + group(max(hidden)) + " 个值" + each;
+    else if (!training) saved = "不为反向传播保存任何张量。未计入：前向传播的输出，" + b + " × " +
+      group(layers[layers.length - 1]) + " 个值" + each;
+    else if (hidden.length === 0) saved = logsoftmax + each + "；另有损失的总权重 " + s + " 字节";
     else {
       var relu = hidden.length === 1 ? "ReLU 的输出 " + b + " × " + group(hidden[0]) + " 个值"
         : hidden.length + " 个隐藏层的 ReLU 输出 " + b + " × " + group(sum(hidden)) + " 个值";
-      saved = relu + " + " + logsoftmax + "，各 × " + s + " 字节，+ 一个 " + s + " 字节的总权重";
+      saved = relu + "、" + logsoftmax + each + "；另有损失的总权重 " + s + " 字节";
     }
     var tensors = PARTS.reduce(function (a, p) { return a + parts[p].length; }, 0);
     return {
-      parameters: group(values) + " 个值 × " + s + " 字节（" + dtype + "），分布在 " + group(nParams) + " 个张量中",
-      gradients: training ? "每个参数一个，大小相同：" + group(nParams) + " 个张量" : "推理时没有：不做反向传播",
+      parameters: "共 " + group(values) + " 个值，每个 " + s + " 字节（" + dtype + "），分布在 " + group(nParams) + " 个张量中",
+      gradients: training ? "每个参数张量一个，大小相同：共 " + group(nParams) + " 个张量" : "推理时没有：不做反向传播",
       optimizer_state: state,
-      batch: b + " 张图像 × " + group(layers[0]) + " 个值 × " + s + " 字节 + " + b + " 个 int64 标签 × 8 字节",
+      batch: b + " 张图像 × " + group(layers[0]) + " 个值，每个 " + s + " 字节；" + b + " 个 int64 标签，每个 8 字节",
       saved_activations: saved,
       total: "五个部分相加",
       total_blocks: group(tensors) + " 个张量，每个都向上取整到 512 字节的倍数"

@@ -1,0 +1,97 @@
+"""Work a build does twice, done once (called by the mkdocs hook).
+
+Both editions show the same code, so the Chinese edition highlighted every block again, and ``mkdocs serve``
+highlighted everything again after each saved edit; Material's search parsed every highlighted token of every code
+block as an HTML element. Each change here leaves the built pages and the search indexes byte for byte as they were
+(``tests/test_build_speed.py`` builds both ways and compares them); ``benchmarks/site.py`` measures the time.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+PRE = re.compile(r"(<pre\b[^>]*>)(.*?)(</pre>)", re.S)
+SPAN = re.compile(r"</?span\b[^>]*>")
+_highlighted: dict[tuple, str] = {}
+HIGHLIGHT_CACHE_SIZE = 20_000        # code blocks kept; the lesson has about 600
+
+
+def _key(value):
+    """A hashable stand-in for an argument or setting (lists, dicts and sets by their contents)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(_key(v) for v in value)
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def cache_highlighting() -> None:
+    """Pygments' HTML for a code block, kept per process and reused whenever the same block comes again with the
+    same settings: in the other edition, and in every rebuild ``mkdocs serve`` makes. Installed once, on
+    ``pymdownx.highlight.Highlight.highlight`` (the function superfences calls for every fence)."""
+    from pymdownx import highlight
+    original = highlight.Highlight.highlight
+    if getattr(original, "lesson_cached", False):
+        return
+
+    @functools.wraps(original)
+    def cached(self, src, language, *args, **kwargs):
+        settings = _key({k: v for k, v in vars(self).items() if not k.startswith("_") and k != "md"})
+        key = (settings, src, language, _key(args), _key(kwargs))
+        if key not in _highlighted:
+            if len(_highlighted) >= HIGHLIGHT_CACHE_SIZE:
+                _highlighted.clear()
+            _highlighted[key] = original(self, src, language, *args, **kwargs)
+        return _highlighted[key]
+
+    cached.lesson_cached = True
+    highlight.Highlight.highlight = cached
+
+
+def plain_code(html: str) -> str:
+    """The page with the highlighting spans inside every <pre> removed: the same text, in far fewer elements."""
+    return PRE.sub(lambda m: m[1] + SPAN.sub("", m[2]) + m[3], html)
+
+
+def index_plain_code(search_plugin) -> None:
+    """Material's search index reads each page through Python's html.parser, token by token; give it the page with
+    its code blocks as plain text (``plain_code``) and put the page back afterwards. Called once per build, after
+    the search plugin has made its index (on_pre_build)."""
+    index = getattr(search_plugin, "search_index", None)
+    if index is None or getattr(index.add_entry_from_context, "lesson_plain", False):
+        return
+    original = index.add_entry_from_context
+
+    def add_entry_from_context(page):
+        content = page.content
+        page.content = plain_code(content)
+        try:
+            return original(page)
+        finally:
+            page.content = content
+
+    add_entry_from_context.lesson_plain = True
+    index.add_entry_from_context = add_entry_from_context
+
+
+_checked: dict[tuple, list] = {}
+
+
+def fingerprint(folders: list[Path], files: list[Path]) -> tuple:
+    """Every file under ``folders`` and each of ``files``, by path, size and modification time (nanoseconds)."""
+    found = []
+    for path in [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()] + list(files):
+        stat = path.stat() if path.exists() else None
+        found.append((str(path), stat and stat.st_size, stat and stat.st_mtime_ns))
+    return tuple(found)
+
+
+def checked_once(key: tuple, check) -> list:
+    """``check()``'s result, computed again only when ``key`` (a ``fingerprint``) changes: the recordings are
+    checked once for both editions, and once per ``mkdocs serve`` rebuild that did not touch a snippet or a
+    recording."""
+    if key not in _checked:
+        _checked.clear()
+        _checked[key] = list(check())
+    return _checked[key]
