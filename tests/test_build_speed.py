@@ -1,0 +1,71 @@
+"""tools/build_speed.py changes how much work a build does, never what it makes."""
+from __future__ import annotations
+
+import markdown
+from material.plugins.search.plugin import Parser
+
+from tools import build_speed
+
+SAMPLE = '''
+# Title
+
+Some `inline` text.
+
+```python title="demo.py · cell"
+import torch
+x = torch.zeros(2, 3)  # a comment <with> "quotes"
+print(x.shape)
+```
+
+```text title="Output"
+torch.Size([2, 3])     padded   columns
+```
+'''
+
+
+def sections(html: str) -> list[tuple]:
+    parser = Parser()
+    parser.feed(html)
+    parser.close()
+    return [(s.id, "".join(s.title), "".join(s.text)) for s in parser.data]
+
+
+def render(text: str) -> str:
+    return markdown.markdown(text, extensions=["pymdownx.superfences", "pymdownx.highlight", "attr_list"],
+                             extension_configs={"pymdownx.highlight": {"pygments_lang_class": True}})
+
+
+def test_search_reads_the_same_text_from_plain_code_blocks(site):
+    html = render(SAMPLE)
+    assert "<span" in html and "<span" not in build_speed.plain_code(html).split("<pre")[1].split("</pre>")[0]
+    assert sections(build_speed.plain_code(html)) == sections(html)
+    for page in ("chapters/batch-size", "zh/chapters/leaks-checkpoints-oom"):
+        built = (site / page / "index.html").read_text(encoding="utf-8")
+        article = built[built.index("<article"):built.index("</article>")]
+        assert sections(build_speed.plain_code(article)) == sections(article), page
+
+
+def test_highlighting_is_cached_and_gives_the_same_html():
+    fresh = render(SAMPLE)
+    build_speed.cache_highlighting()
+    build_speed._highlighted.clear()
+    assert render(SAMPLE) == fresh
+    cached = len(build_speed._highlighted)
+    assert cached == 2                                    # the two fences
+    assert render(SAMPLE) == fresh and len(build_speed._highlighted) == cached   # the second time from the cache
+    assert render(SAMPLE.replace("zeros", "ones")) != fresh                       # another block, another entry
+
+
+def test_the_recordings_are_checked_again_only_when_a_file_changes(tmp_path):
+    (tmp_path / "a.json").write_text("1")
+    calls = []
+
+    def check():
+        calls.append(1)
+        return ["problem"]
+    key = build_speed.fingerprint([tmp_path], [])
+    assert build_speed.checked_once(key, check) == ["problem"] == build_speed.checked_once(key, check)
+    assert len(calls) == 1
+    (tmp_path / "a.json").write_text("22")
+    assert build_speed.checked_once(build_speed.fingerprint([tmp_path], []), check) == ["problem"]
+    assert len(calls) == 2
