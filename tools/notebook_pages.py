@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import pickle
 import re
 import struct
+from pathlib import Path
 
 import tinycss2
 
@@ -29,16 +32,35 @@ def _selectors(prelude: str) -> list[frozenset[str]]:
     return [frozenset(CLASS.findall(NOT.sub("", selector))) for selector in prelude.split(",")]
 
 
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lesson"
+
+
 @functools.lru_cache(maxsize=4)
 def _parse(css: str) -> tuple:
-    """The stylesheet as (selectors, text) rules and ('@media', prelude, rules) groups; parsed once per build,
-    since every notebook page carries the same stylesheet."""
+    """The stylesheet as (selectors, text) rules and ('@media', prelude, rules) groups. Every notebook page carries
+    the same stylesheet: it is parsed once and kept in .cache/lesson/ under its SHA-256 (tinycss2 takes about half a
+    second over JupyterLab's), and read from there by the next build."""
+    path = CACHE / f"css-{hashlib.sha256(css.encode()).hexdigest()[:16]}.pickle"
+    try:
+        return pickle.loads(path.read_bytes())
+    except (OSError, pickle.PickleError, EOFError):
+        pass
+    parsed = _parse_now(css)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(parsed))
+    except OSError:
+        pass                                        # a read-only checkout builds without the cache
+    return parsed
+
+
+def _parse_now(css: str) -> tuple:
     parsed = []
     for rule in tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True):
         if rule.type == "qualified-rule":
             parsed.append((_selectors(tinycss2.serialize(rule.prelude)), tinycss2.serialize([rule])))
         elif rule.type == "at-rule" and rule.lower_at_keyword == "media" and rule.content is not None:
-            parsed.append(("@media", tinycss2.serialize(rule.prelude), _parse(tinycss2.serialize(rule.content))))
+            parsed.append(("@media", tinycss2.serialize(rule.prelude), _parse_now(tinycss2.serialize(rule.content))))
         else:
             parsed.append(([frozenset()], tinycss2.serialize([rule])))
     return tuple(parsed)

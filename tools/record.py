@@ -67,12 +67,16 @@ def load_warning(path: Path, load: float | None) -> str | None:
             f"load. Record it again when the machine is quiet to publish timings a reader can trust.")
 
 
-def record_one(path: Path, device: str, outputs_dir: Path, load: float | None = None) -> dict:
+def record_one(path: Path, device: str, outputs_dir: Path, load: float | None = None,
+               threads: int | None = None) -> dict:
     """Run one snippet in a fresh process and write its ``device`` recording; raises CellFailed, leaving the old
-    one intact. ``load``: the load per CPU as the recording starts, for the stamp (default: measured now)."""
+    one intact. ``load``: the load per CPU as the recording starts, for the stamp (default: measured now).
+    ``threads``: the CPU threads torch may use in it (OMP_NUM_THREADS; default: torch's own choice, every CPU)."""
     if load is None:
         load = environment.load_per_cpu()
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     device_dir = Path(outputs_dir) / device
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="run nothing; exit 1 if a recording is stale/missing")
     parser.add_argument("--dry-run", action="store_true", help="list what would be recorded; run nothing")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="record N snippets at once, each in its own process (default 1; timings recorded with "
-                             "N > 1 are not for publishing: the snippets share the CPUs)")
+                        help="record N snippets at once, each in its own process with its share of the CPUs for "
+                             "torch's threads, the longest first (default 1; timings recorded with N > 1 are not for "
+                             "publishing: the snippets share the CPUs)")
     parser.add_argument("--snippets", type=Path, default=snippets.SNIPPETS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=recordings.OUTPUTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,13 +202,25 @@ def main(argv: list[str] | None = None) -> int:
             print(busy, file=sys.stderr)
             busy_timings.append(f"{path.stem} ({load:.2f})")
         try:
-            recording = record_one(path, device, args.out, load)
+            recording = record_one(path, device, args.out, load, threads)
         except CellFailed as error:
             failures.append(path.stem)
             print(f"{path.stem}: FAILED — {error}", file=sys.stderr)
             return
         print(f"{path.stem}: recorded on {device} in {recording['seconds']:.1f} s", flush=True)
 
+    threads = None
+    if args.jobs > 1:
+        # Each process gets its share of the CPUs (torch would start a thread per CPU in each, and N processes would
+        # fight over them), and the longest snippets start first, so that no long one is left running alone at
+        # the end: how long each took last time, from this folder's recordings or else the published ones.
+        if "OMP_NUM_THREADS" not in os.environ:
+            threads = max(1, (os.cpu_count() or 1) // args.jobs)
+
+        def last_seconds(path: Path) -> float:
+            found = recordings.load(path.stem, device, args.out) or recordings.load(path.stem, device)
+            return found["seconds"] if found else 0.0
+        todo.sort(key=last_seconds, reverse=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:   # each runs a subprocess
         for future in [pool.submit(record, path) for path in todo]:
             future.result()
