@@ -1,4 +1,6 @@
-"""Shared fixtures. The whole lesson is recorded once per test session, on the CPU, into a temporary folder."""
+"""Shared fixtures. The whole lesson is recorded once per test session, on the CPU, into a temporary folder, and the
+site is built once; with pytest-xdist's workers (pytest.ini: ``-n auto``) the first worker that needs either makes
+it and the others wait for it and use the same folder (``once``)."""
 from __future__ import annotations
 
 import os
@@ -13,13 +15,32 @@ os.environ.setdefault("LESSON_DATA", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
 
 
+def once(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """``make(folder)`` once per test session, however many xdist workers ask: the first makes it under a lock in
+    the session's shared temporary folder, the others wait for the lock and find it made. An exception in ``make``
+    is raised in the worker that called it (and the next worker tries again)."""
+    if worker_id == "master":                          # no xdist: a folder of this process's own
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 def run_recorder(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.record", *args], cwd=cwd, capture_output=True, text=True,
                           env=env or os.environ.copy())
 
 
 @pytest.fixture(scope="session")
-def lesson_outputs(tmp_path_factory) -> Path:
+def lesson_outputs(tmp_path_factory, worker_id) -> Path:
     """Every snippet of the lesson recorded afresh on the CPU with the real MNIST, as many at once as there are CPUs;
     the folder of recordings.
     With LESSON_RECORDED=FOLDER (a folder holding cpu/NAME.json, such as docs/outputs) those are used instead:
@@ -35,10 +56,11 @@ def lesson_outputs(tmp_path_factory) -> Path:
             pytrace=False)
     if os.environ.get("LESSON_RECORDED"):  # a folder of recordings made already (e.g. docs/outputs), reused
         return Path(os.environ["LESSON_RECORDED"]).resolve()
-    out = tmp_path_factory.mktemp("outputs")
-    process = run_recorder("--device", "cpu", "--force", "--jobs", str(os.cpu_count() or 1), "--out", str(out))
-    assert process.returncode == 0, process.stdout + process.stderr
-    return out
+
+    def record(out: Path) -> None:
+        process = run_recorder("--device", "cpu", "--force", "--jobs", str(os.cpu_count() or 1), "--out", str(out))
+        assert process.returncode == 0, process.stdout + process.stderr
+    return once(tmp_path_factory, worker_id, "outputs", record)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +91,7 @@ def prose(text: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Path:
+def site(tmp_path_factory, worker_id) -> Path:
     """The site built strictly from the committed recordings (torch unimportable during the build).
 
     LESSON_SITE=<folder> uses an already built site instead, to iterate on the browser tests quickly.
@@ -77,10 +99,11 @@ def site(tmp_path_factory) -> Path:
     from site_build import build
     if os.environ.get("LESSON_SITE"):
         return Path(os.environ["LESSON_SITE"])
-    site_dir = tmp_path_factory.mktemp("site")
-    process = build(ROOT, site_dir)
-    assert process.returncode == 0, process.stderr[-5000:]
-    return site_dir
+
+    def make(site_dir: Path) -> None:
+        process = build(ROOT, site_dir)
+        assert process.returncode == 0, process.stderr[-5000:]
+    return once(tmp_path_factory, worker_id, "site", make)
 
 
 GPU_STAMP = {   # what the GPU machine's stamp holds beyond the pins: a local version label, its Python, its CUDA
@@ -108,3 +131,18 @@ def file_as_cuda(outputs: Path, name: str) -> dict:
     if (outputs / "cpu" / name).is_dir():
         shutil.copytree(outputs / "cpu" / name, outputs / "cuda" / name)
     return data
+
+
+def pytest_collection_modifyitems(config, items):
+    """With xdist (``--dist loadgroup``): the browser tests that share a module-scoped visit of every page run on one
+    worker each (the crawl; the layout pass), the rest of each browser module on one worker, so that no worker
+    launches Chromium or visits the site twice for the same fixture; everything else is spread by load."""
+    for item in items:
+        module = item.module.__name__
+        if module == "test_browser":
+            group = next((name for name in ("layout", "crawl") if name in item.fixturenames), "browser")
+        elif module == "test_calculator_browser":
+            group = "calculator"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))

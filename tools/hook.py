@@ -137,7 +137,9 @@ def on_config(config):
     search = config["plugins"].get("material/search") or config["plugins"].get("search")
     if search is not None and not search.config.get("jieba_dict_user"):
         JIEBA_USER_DICT.parent.mkdir(parents=True, exist_ok=True)
-        JIEBA_USER_DICT.write_text("".join(f"{word}\n" for word in translations.search_words()), encoding="utf-8")
+        scratch = JIEBA_USER_DICT.with_name(f"{JIEBA_USER_DICT.name}.{os.getpid()}")   # builds side by side
+        scratch.write_text("".join(f"{word}\n" for word in translations.search_words()), encoding="utf-8")
+        scratch.replace(JIEBA_USER_DICT)
         search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
     if not FULL_BUILD:
         build_speed.cache_highlighting()

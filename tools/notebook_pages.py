@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import os
 import pickle
 import re
 import struct
@@ -48,7 +49,9 @@ def _parse(css: str) -> tuple:
     parsed = _parse_now(css)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps(parsed))
+        scratch = path.with_name(f"{path.name}.{os.getpid()}")           # another build may write it too
+        scratch.write_bytes(pickle.dumps(parsed))
+        scratch.replace(path)
     except OSError:
         pass                                        # a read-only checkout builds without the cache
     return parsed
