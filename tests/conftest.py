@@ -12,6 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LESSON_DATA", str(ROOT.parent / "shared" / "data"))
+if os.environ.get("PYTEST_XDIST_WORKER"):     # each worker's torch (and the snippets it starts) on its share of CPUs
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
 
 
@@ -134,15 +137,13 @@ def file_as_cuda(outputs: Path, name: str) -> dict:
 
 
 def pytest_collection_modifyitems(config, items):
-    """With xdist (``--dist loadgroup``): the browser tests that share a module-scoped visit of every page run on one
-    worker each (the crawl; the layout pass), the rest of each browser module on one worker, so that no worker
-    launches Chromium or visits the site twice for the same fixture; everything else is spread by load."""
+    """With xdist (``--dist loadgroup``) each module runs on one worker, its tests one after another, so that its
+    module-scoped fixtures are made once; test_browser.py is three such groups, the tests that read the visit of
+    every page at two widths (``layout``), those that read the crawl (``crawl``) and the rest, so that its two long
+    passes run side by side on two workers."""
     for item in items:
         module = item.module.__name__
+        group = module
         if module == "test_browser":
-            group = next((name for name in ("layout", "crawl") if name in item.fixturenames), "browser")
-        elif module == "test_calculator_browser":
-            group = "calculator"
-        else:
-            continue
+            group += "::" + next((name for name in ("layout", "crawl") if name in item.fixturenames), "other")
         item.add_marker(pytest.mark.xdist_group(group))

@@ -31,7 +31,7 @@ def _course() -> list[str]:
 CHAPTERS = _course()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(site):
     """The built site, served under its published path (site_build.serve)."""
     url, httpd = serve(site)
@@ -39,7 +39,7 @@ def server(site):
     httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
@@ -87,7 +87,7 @@ class Visit:
         return self.page
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def crawl(browser, server):
     """Visit every page reachable from the home page; check every link; run axe on every page."""
     from axe_playwright_python.sync_playwright import Axe
@@ -281,7 +281,7 @@ def _axe_contrast(axe, page, label) -> list[str]:
             for v in result for node in v["nodes"]]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def layout(browser, server, site):
     """Every page at 1280 px and at 390 px, visited once per width: its code and output boxes, its figures and its
     height, and axe's colour-contrast rule (text and syntax tokens at least 4.5:1, folds open) in the scheme of

@@ -19,6 +19,7 @@ Markers:
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
@@ -462,6 +463,31 @@ def fold_notebook_cells(output: str, page) -> str:
     return output
 
 
+DATA_PNG_SRC = re.compile(r'(?P<attribute>src|href)="data:image/png;base64,(?P<data>[A-Za-z0-9+/=\s]+)"')
+
+
+def figure_files(output: str, page) -> str:
+    """A notebook page's figures, and glightbox's links to them full size, from the PNG files its chapter shows
+    (outputs/DEVICE/NAME/…), not inlined as base64: a third smaller, loaded lazily, and the browser may have them
+    already from the chapter. The .ipynb keeps them inline. A figure that matches no recorded file stays inline."""
+    name = Path(page.file.src_uri).stem
+    files = {}
+    for recording in recordings.load_all(name).values():
+        for cell in recording["cells"]:
+            for figure in cell["figures"]:
+                path = DOCS / figure
+                if path.is_file():
+                    files[base64.b64encode(path.read_bytes()).decode()] = figure
+
+    def link(match: re.Match) -> str:
+        figure = files.get(re.sub(r"\s", "", match["data"]))
+        if figure is None:
+            return match[0]
+        lazy = 'loading="lazy" ' if match["attribute"] == "src" else ""     # the <img>, not glightbox's <a>
+        return f'{lazy}{match["attribute"]}="{get_relative_url(figure, page.url)}"'
+    return DATA_PNG_SRC.sub(link, output)
+
+
 def localise_notebook(output: str, page) -> str:
     """A Chinese notebook page (the same .ipynb as the English one) in Chinese: its first cell, the stamp, written
     again from the recording; the figures' alt text from i18n/zh.yml; the copy buttons' words."""
@@ -484,7 +510,7 @@ def on_post_page(output, page, config):
     Chinese pages: the search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the
     site's base."""
     if page.file.src_uri.startswith("notebooks/"):
-        output = fold_notebook_cells(notebook_pages.slim(output), page)
+        output = figure_files(fold_notebook_cells(notebook_pages.slim(output), page), page)
         if lang(page) == "zh":
             output = localise_notebook(output, page)
     # mkdocs-static-i18n's <link rel="alternate" hreflang> tags point at this page in each edition; Material fetches
