@@ -136,6 +136,36 @@ def file_as_cuda(outputs: Path, name: str) -> dict:
     return data
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright, one per test process (Playwright's sync API allows one at a time),
+    shared by every browser test. Playwright hides scrollbars in headless Chromium; they are shown, so that tests
+    see them as a reader does."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             ignore_default_args=["--hide-scrollbars"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def server(site):
+    """The built site, served under its published path (site_build.serve)."""
+    from site_build import serve
+    url, httpd = serve(site)
+    yield url
+    httpd.shutdown()
+
+
+@pytest.hookimpl(tryfirst=True)          # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """With xdist (``--dist loadgroup``) each module runs on one worker, its tests one after another, so that its
     module-scoped fixtures are made once; test_browser.py is three such groups, the tests that read the visit of

@@ -16,11 +16,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from tools import snippets, translations  # noqa: E402
-from site_build import serve  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 def _course() -> list[str]:
     import yaml
     nav = yaml.safe_load((Path(__file__).resolve().parent.parent / "mkdocs.yml").read_text())["nav"]
@@ -31,24 +27,8 @@ def _course() -> list[str]:
 CHAPTERS = _course()
 
 
-@pytest.fixture(scope="session")
-def server(site):
-    """The built site, served under its published path (site_build.serve)."""
-    url, httpd = serve(site)
-    yield url
-    httpd.shutdown()
 
 
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
-    with playwright_api.sync_playwright() as playwright:
-        # Playwright hides scrollbars in headless Chromium; show them, so that tests can see them as a reader does.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS,
-                                             ignore_default_args=["--hide-scrollbars"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

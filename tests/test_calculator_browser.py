@@ -7,40 +7,21 @@ functions are also run on every vector directly. Bad input, keyboard-only use, a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from tools import memory_calc as mc  # noqa: E402
-from site_build import serve  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 VECTORS = json.loads(mc.VECTORS.read_text(encoding="utf-8"))
 PAGE = "calculator/"
 FIELD = {"layers": "#calc-layers", "batch": "#calc-batch"}
 VALID = {"layers": "784, 128, 10", "batch": "64"}
 
 
-@pytest.fixture(scope="module")
-def server(site):
-    """The built site, served under its published path (site_build.serve)."""
-    url, httpd = serve(site)
-    yield url
-    httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def open_page(browser, server, scheme="light", width=1280):
