@@ -163,17 +163,3 @@ def server(site):
     url, httpd = serve(site)
     yield url
     httpd.shutdown()
-
-
-@pytest.hookimpl(tryfirst=True)          # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """With xdist (``--dist loadgroup``) each module runs on one worker, its tests one after another, so that its
-    module-scoped fixtures are made once; test_browser.py is three such groups, the tests that read the visit of
-    every page at two widths (``layout``), those that read the crawl (``crawl``) and the rest, so that its two long
-    passes run side by side on two workers."""
-    for item in items:
-        module = item.module.__name__
-        group = module
-        if module == "test_browser":
-            group += "::" + next((name for name in ("layout", "crawl") if name in item.fixturenames), "other")
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from importlib import metadata
 
 import pytest
@@ -332,7 +331,6 @@ def test_the_load_per_cpu_is_the_load_average_over_the_cpus(monkeypatch):
 
 
 TIMED = '''# %% setup
-import time
 # time.perf_counter() in a comment is not a timing
 print("no timing here, time.perf_counter() in a string neither")
 
