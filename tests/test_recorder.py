@@ -331,6 +331,7 @@ def test_the_load_per_cpu_is_the_load_average_over_the_cpus(monkeypatch):
 
 
 TIMED = '''# %% setup
+import time
 # time.perf_counter() in a comment is not a timing
 print("no timing here, time.perf_counter() in a string neither")
 
