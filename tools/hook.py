@@ -69,6 +69,7 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
                      "the folded cells above it, in the page's order; each file also runs whole. Tap a figure to "
                      "see it full size.",
         "copy_code": "Copy to Clipboard", "copied": "Copied!",
+        "open": " (", "close": ")", "comma": ", ", "colon": ": ", "list": ", ", "seconds": " s",
         "taught_in": "Taught in ", "download": "Download", "colab": "Open in Colab",
         "downloads_label": "Downloads for this notebook",
         "times_summary_header": "| Snippet | Device | Seconds | Slowest cell | Highest peak (MiB) |",
@@ -98,6 +99,7 @@ WORDS = {   # the hook's own words, per edition (mkdocs-static-i18n puts the Chi
         "copy_note": "用可见单元格的复制按钮复制的代码，按页面顺序粘贴在该文件的准备单元格和上方折叠的单元格之后就能运行；"
                      "每个代码文件也可以整个运行。点按图片可查看原尺寸。",
         "copy_code": "复制到剪贴板", "copied": "已复制！",
+        "open": "（", "close": "）", "comma": "，", "colon": "：", "list": "、", "seconds": " 秒",
         "taught_in": "讲解见", "download": "下载", "colab": "在 Colab 中打开",
         "downloads_label": "本笔记本的下载",
         "times_summary_header": "| 代码文件 | 设备 | 秒 | 最慢的单元格 | 最高峰值（MiB） |",
@@ -221,8 +223,7 @@ def stamp(found: dict[str, dict], page) -> str:
     first = next(iter(found.values()))
     snippet = first["snippet"]
     name = Path(snippet).stem
-    zh = lang(page) == "zh"
-    comma, opening, closing, unit = ("，", "（", "）", " 秒") if zh else (", ", " (", ")", " s")
+    comma, opening, closing, unit = (t(page, key) for key in ("comma", "open", "close", "seconds"))
     runs = [f"**{environment.label(r['environment'])}**{opening}torch {r['environment']['torch']}"
             + (f"{comma}CUDA {r['environment']['cuda']}" if r["environment"].get("cuda") else "")
             + f"{comma}{r['environment']['recorded_at'][:10]}{comma}{r['seconds']:.1f}{unit}{closing}"
@@ -311,8 +312,7 @@ def fold_title(page, snippet_name: str, cell) -> str:
     label = snippets.fold_label(cell.source)
     if label and lang(page) == "zh":
         label = translations.chinese("folds", f"{snippet_name}/{cell.name}", label, _zh or None)
-    return t(page, "folded", where=f"{snippet_name}.py · {cell.name}" + (("：" if lang(page) == "zh" else ": ")
-                                                                        + label if label else ""))
+    return t(page, "folded", where=f"{snippet_name}.py · {cell.name}" + (t(page, "colon") + label if label else ""))
 
 
 def expand_cells(markdown: str, page) -> str:
@@ -347,13 +347,12 @@ def snippet_links(markdown: str, page, config) -> str:
     if not names or not heading:
         return markdown
     repo = config["repo_url"].removeprefix("https://github.com/").strip("/")
-    zh = lang(page) == "zh"
-    items = [f"`{name}.py`{'（' if zh else ' ('}[{t(page, 'notebook')}]({_relative(page, f'notebooks/{name}.ipynb')}) · "
+    items = [f"`{name}.py`{t(page, 'open')}[{t(page, 'notebook')}]({_relative(page, f'notebooks/{name}.ipynb')}) · "
              f"[.py]({_relative(page, f'snippets/{name}.py')}) · "
              f"[Colab](https://colab.research.google.com/github/{repo}/blob/main/docs/notebooks/{name}.ipynb)"
-             f"{'）' if zh else ')'}" for name in names]
+             f"{t(page, 'close')}" for name in names]
     links = (f"\n\n<div class=\"snippet-links\" markdown>\n**{t(page, 'run_yourself')}** "
-             + ("、" if zh else ", ").join(items) + f"\n\n{t(page, 'copy_note')}\n</div>\n")
+             + t(page, "list").join(items) + f"\n\n{t(page, 'copy_note')}\n</div>\n")
     return markdown[:heading.end()] + links + markdown[heading.end():]
 
 
@@ -641,7 +640,7 @@ def notebook_header(page, config) -> str:
         plain = re.sub(r"[`*_]", "", (section or "")[:explicit.start()] if explicit else (section or ""))
         anchor = explicit[1] if explicit else slugify(plain, "-")
         url = get_relative_url(chapter.url, page.url) + (f"#{anchor}" if section else "")
-        title = chapter.title + (("：" if lang(page) == "zh" else ": ") + plain if section else "")
+        title = chapter.title + (t(page, "colon") + plain if section else "")
         zh = lang(page) == "zh"
         taught = (f'{"" if zh else " "}{t(page, "taught_in")}<a href="{html.escape(url)}">{html.escape(title)}</a>'
                   f'{"。" if zh else "."}')
