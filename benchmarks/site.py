@@ -5,9 +5,11 @@ the search index.
 seconds until its first page answers, then, after an edit to one chapter is saved, the seconds until the served page
 shows it (the rebuild that the browser's live reload then loads), three edits, each timed.
 
-A page's weight is its HTML plus everything it loads from this site (images, stylesheets, scripts) plus the search
-index, which every page fetches; printed raw and gzipped (each file gzipped on its own, level 6, as a web server
-would send it). Sizes in bytes; MB here means 10^6 bytes.
+A page's weight is its HTML plus everything it loads from this site when it opens (images, stylesheets, scripts);
+its edition's search index (search/search_index.json, zh/search/search_index.json) is fetched only when the reader
+first opens the search (overrides/main.html), so it is printed on its own, and added to the heaviest page in a second
+column. Raw and gzipped (each file gzipped on its own, level 6, as a web server would send it). Sizes in bytes; MB
+here means 10^6 bytes.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ ASSET = re.compile(r'<(?:img|script)[^>]+src="([^"#?]+)|<link[^>]+href="([^"#?]+
 
 def files_of(page: Path, site: Path) -> list[Path]:
     html = page.read_text(encoding="utf-8")
-    found = [page, site / "search" / "search_index.json"]
+    found = [page]
     for match in ASSET.finditer(html):
         target = match.group(1) or match.group(2)
         if target.startswith("data:") or "://" in target:
@@ -40,6 +42,12 @@ def files_of(page: Path, site: Path) -> list[Path]:
         if path.is_file() and path not in found:
             found.append(path)
     return found
+
+
+def search_index(page: Path, site: Path) -> Path:
+    """The search index of the page's edition (the Chinese pages search their own)."""
+    edition = "zh" if page.relative_to(site).parts[0] == "zh" else ""
+    return site / edition / "search" / "search_index.json"
 
 
 def weight(paths: list[Path]) -> tuple[int, int]:
@@ -114,17 +122,21 @@ def main() -> None:
             runs.append(time.perf_counter() - started)
         weights = sorted(((weight(files_of(p, site)), p.relative_to(site)) for p in site.rglob("*.html")
                           if "assets" not in p.parts), reverse=True)
-        index = site / "search" / "search_index.json"
-        index_raw, index_zipped = weight([index])
+        indexes = {edition: weight([site / edition / "search" / "search_index.json"]) for edition in ("", "zh")}
+        heaviest = weights[0][1]
+        with_index = weight(files_of(site / heaviest, site) + [search_index(site / heaviest, site)])
         pages = sum(1 for p in site.rglob("index.html") if "assets" not in p.parts)
     print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs) + " s (first run fills mkdocs-jupyter's cache)")
     print(f"mkdocs build --strict, median of {len(runs)}: {statistics.median(runs):.2f} s")
     first, edits = serve_times()
     print(f"mkdocs serve: first page after {first:.1f} s; a saved edit to chapters/models.md shown after "
           + ", ".join(f"{s:.1f}" for s in edits) + " s")
-    print(f"{pages} pages; search index {index_raw:,} bytes ({index_zipped:,} gzipped)")
+    print(f"{pages} pages; search index, fetched when a reader first opens the search: "
+          + "; ".join(f"{edition or 'en'} {raw:,} bytes ({zipped:,} gzipped)" for edition, (raw, zipped) in indexes.items()))
+    print("heaviest pages, with everything they load when they open (HTML + images + CSS + JS):")
     for (raw, zipped), path in weights[:5]:
-        print(f"{raw:>11,} bytes ({zipped:>9,} gzipped)  {path}  (HTML + images + CSS + JS + search index)")
+        print(f"{raw:>11,} bytes ({zipped:>9,} gzipped)  {path}")
+    print(f"{with_index[0]:>11,} bytes ({with_index[1]:>9,} gzipped)  {heaviest} once its search is opened too")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,29 @@ def test_search_for_adam_leads_to_the_memory_chapter(context, server):
     assert "/chapters/memory-arithmetic/" in page.url
 
 
+@pytest.mark.parametrize("edition, width", [("", 1280), ("zh/", 390)])
+def test_the_search_index_loads_when_the_search_opens(browser, server, edition, width):
+    """A page does not fetch its edition's search index (overrides/main.html holds that one request) until the
+    reader opens the search: a click on the field at 1280 px, a tap on the magnifier at 390 px. Then the index
+    arrives once and results appear."""
+    context = browser.new_context(base_url=server, viewport={"width": width, "height": 900})
+    page = context.new_page()
+    asked = []
+    page.on("request", lambda r: "search_index" in r.url and asked.append(r.url))
+    page.goto(f"{edition}chapters/batch-does-not-fit/", wait_until="networkidle")
+    page.wait_for_timeout(300)
+    assert asked == [], asked
+    if width < 960:       # on a phone the field sits behind the magnifier in the header
+        page.locator("label.md-header__button[for='__search']").click()
+    else:
+        page.locator("input.md-search__input").click()
+    page.keyboard.type("Adam" if not edition else "显存")
+    page.keyboard.press("End")
+    page.locator("li.md-search-result__item a").first.wait_for(timeout=10_000)
+    assert asked == [f"{server}{edition}search/search_index.json"], asked
+    context.close()
+
+
 def _contrast(page, selector):
     """WCAG contrast ratio of the first element's text colour against its (nearest opaque) background."""
     return page.evaluate("""sel => {
