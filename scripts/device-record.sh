@@ -6,7 +6,7 @@
 #
 # The GPU machine (an NVIDIA H200; python3 3.12 with torch 2.11.0+cu130, torchvision 0.26.0, numpy 2.5.2 and
 # matplotlib's dependencies; no network) lacks the other pins of requirements-gpu.txt (torchsummary, torchinfo,
-# matplotlib, nbformat) and nbformat's dependencies (scripts/device-wheels.txt). `prepare` downloads those as cp312
+# matplotlib, nbformat, pyoxipng) and nbformat's dependencies (scripts/device-wheels.txt). `prepare` downloads those as cp312
 # wheels at the pinned versions, packs MNIST/raw from $LESSON_DATA (default ../shared/data) as .device/mnist.tar.xz
 # (9 MiB; torchvision needs the four unpacked IDX files, `run` unpacks them), and fails when what travels (the
 # working tree and .device) is over 56 MiB. Then call the device tool's run with
@@ -121,7 +121,7 @@ read -r -d '' PREFLIGHT_PY <<'PY'
 import importlib, os, sys, time
 device, site, problems = os.environ["DEVICE"], os.environ.get("SITE_DIR", ""), 0
 print(f"python3: {sys.executable} {sys.version.split()[0]}")
-for name in ("torch", "torchvision", "torchsummary", "torchinfo", "matplotlib", "numpy", "nbformat"):
+for name in ("torch", "torchvision", "torchsummary", "torchinfo", "matplotlib", "numpy", "nbformat", "oxipng"):
     started = time.perf_counter()
     try:
         module = importlib.import_module(name)
