@@ -15,6 +15,7 @@ import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
+import browser_pages  # noqa: E402
 from tools import snippets, translations  # noqa: E402
 
 def _course() -> list[str]:
@@ -53,9 +54,16 @@ class Visit:
         self.page.on("request", lambda r: urlparse(r.url).netloc not in (origin, "")
                      and not r.url.startswith("data:") and self.foreign.append(r.url))
 
-    def open(self, url):
-        self.page.goto(url, wait_until="networkidle")
-        # lazy images load only near the viewport: load them all, then ask each one to decode
+    def open(self, url, decode=True):
+        """Open ``url`` and wait for its load event (its stylesheets, scripts and eager images); with ``decode``, then
+        load and decode every image (``broken``)."""
+        self.page.goto(url, wait_until="load")
+        if decode:
+            self.decode()
+        return self.page
+
+    def decode(self):
+        """Lazy images load only near the viewport: load them all, then ask each one to decode."""
         self.broken = self.page.evaluate("""async () => {
             const broken = [];
             for (const img of document.images) {
@@ -64,32 +72,49 @@ class Visit:
                 if (!img.naturalWidth) broken.push(img.currentSrc || img.src);
             }
             return broken; }""")
-        return self.page
+
+
+FACTS_JS = """() => ({
+    python: document.querySelectorAll('div.language-python pre code').length,
+    output: document.querySelectorAll('div.language-text pre code').length,
+    python_shown: [...document.querySelectorAll('div.language-python pre code')].some(el => el.checkVisibility()),
+    stamp: ([...document.querySelectorAll('p.cell-stamp')].find(el => el.checkVisibility()) || {}).innerText || '',
+    notebook_cells: document.querySelectorAll('.jp-Notebook > .jp-CodeCell').length,
+    notebook_alts: [...document.querySelectorAll('.jp-OutputArea-output img')].map(img => img.getAttribute('alt')),
+})"""
 
 
 @pytest.fixture(scope="session")
-def crawl(browser, server):
-    """Visit every page reachable from the home page; check every link; run axe on every page."""
+def crawl(browser, server, site):
+    """Every page reachable from the home page, each opened once at 1280 px, in the light scheme as a new reader
+    meets it (no stored palette). On that visit: console errors, failed requests, requests to other origins, images
+    that do not decode, every link (each one then asked for its status), axe-core's rules and the contrast of text
+    (``browser_pages.contrast``) with the folds closed (every English page and a Chinese page of each type), what the
+    page shows (``FACTS_JS``), its layout (``LAYOUT_JS``, which opens the folds), then the reader's switch to the dark
+    scheme and the contrast of text in it, folds open (the same pages). The 390 px pass is tests/test_layout.py."""
     from axe_playwright_python.sync_playwright import Axe
     axe = Axe()
-    context = browser.new_context(base_url=server)
-    pages, links, problems, violations, axed_zh = {}, {}, [], {}, set()
+    context = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
+    context.add_init_script("localStorage.clear()")        # each page opens in the scheme the system asks for
+    pages, links, problems, violations, facts, layout, dark = {}, {}, [], {}, {}, {}, {}
+    axed = set(url for url in browser_pages.site_pages(site) if not url.startswith("zh/")) | set(
+        browser_pages.one_of_each(browser_pages.site_pages(site)))
     queue, seen = deque([server]), {server}
     while queue:
         url = queue.popleft()
+        path = url.removeprefix(server)
         visit = Visit(context, server)
-        page = visit.open(url)
+        page = visit.open(url, decode=False)
+        if path in axed:
+            violations[url] = browser_pages.axe_all_but_contrast(axe, page) + browser_pages.contrast(
+                axe, page, f"light 1280 px {path or 'home'}")
+        pages[url] = page.title()
+        facts[path] = page.evaluate(FACTS_JS)
+        layout[(1280, path)] = page.evaluate(browser_pages.LAYOUT_JS)     # the figures load, the folds open
+        visit.decode()
         for kind, found in (("console error", visit.errors), ("failed request", visit.failed),
                             ("request to another origin", visit.foreign), ("image that does not decode", visit.broken)):
             problems += [f"{url}: {kind}: {item}" for item in found]
-        path = url.removeprefix(server)
-        kind = path.removeprefix("zh/").split("/")[0]
-        if not path.startswith("zh/") or kind not in axed_zh:      # every English page; a Chinese one of each type
-            axed_zh.add(kind) if path.startswith("zh/") else None
-            results = axe.run(page).response["violations"]
-            violations[url] = [f"{v['impact']}: {v['id']} ({len(v['nodes'])} nodes): {v['help']}" for v in results
-                               if v["impact"] in ("serious", "critical")]
-        pages[url] = page.title()
         for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))"):
             target = urldefrag(urljoin(url, href)).url
             if urlparse(target).netloc != urlparse(server).netloc or not target.startswith(server):
@@ -98,15 +123,20 @@ def crawl(browser, server):
             if target not in seen and (target.endswith("/") or target.endswith(".html")):
                 seen.add(target)
                 queue.append(target)
+        if path in axed:
+            browser_pages.to_dark(page)
+            dark[path] = browser_pages.contrast(axe, page, f"dark 1280 px {path or 'home'}")
         page.close()
     statuses = {target: context.request.get(target).status for target in links}
     context.close()
     print(f"\ncrawled {len(pages)} pages, checked {len(statuses)} internal links")
-    return {"pages": pages, "links": links, "statuses": statuses, "problems": problems, "violations": violations}
+    return {"pages": pages, "links": links, "statuses": statuses, "problems": problems, "violations": violations,
+            "facts": facts, "layout": layout, "dark": dark}
 
 
-def test_every_page_loads_cleanly_offline(crawl, server):
+def test_every_page_loads_cleanly_offline(crawl, server, site):
     assert len(crawl["pages"]) >= 4 + 2 + len(snippets.find()) + 1
+    assert {url.removeprefix(server) for url in crawl["pages"]} >= set(browser_pages.site_pages(site))
     assert not crawl["problems"], "\n".join(crawl["problems"])
 
 
@@ -119,20 +149,72 @@ def test_every_internal_link_resolves(crawl):
         assert any(t.endswith(f"{path.stem}.ipynb") for t in crawl["statuses"])
 
 
-def test_no_serious_or_critical_accessibility_violations(crawl):
+def test_no_serious_or_critical_accessibility_violations(crawl, site):
+    assert len(crawl["violations"]) >= len([u for u in browser_pages.site_pages(site) if not u.startswith("zh/")])
     found = [f"{url}: {v}" for url, items in crawl["violations"].items() for v in items]
     assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_shows_code_output_and_stamp(context, server, chapter):
-    page = Visit(context, server).open(chapter)
-    assert page.locator("div.language-python pre code").count() >= 3
-    assert page.locator("div.language-text pre code").count() >= 3
-    stamp = page.locator("p.cell-stamp").filter(visible=True).first          # some sit in folded notes
+def test_chapter_shows_code_output_and_stamp(crawl, chapter):
+    facts = crawl["facts"][chapter]
+    assert facts["python"] >= 3 and facts["output"] >= 3
     assert re.search(r"snippets/\w+\.py · notebook · recorded on .+ \(torch .+, \d{4}-\d{2}-\d{2}, [\d.]+ s\)",
-                     stamp.inner_text())
-    assert any(block.is_visible() for block in page.locator("div.language-python pre code").all())   # some are folded
+                     facts["stamp"])                                     # the first stamp shown (some are folded)
+    assert facts["python_shown"]                                         # some code blocks are folded
+
+
+# The layout at 1280 px, measured in the crawl (at 390 px: tests/test_layout.py).
+
+def test_code_never_wraps_and_what_is_too_wide_scrolls_visibly_at_1280_px(crawl):
+    problems = browser_pages.wrapping(crawl["layout"])
+    assert not problems, "\n".join(problems)
+
+
+def test_chapter_code_fits_its_box_at_1280_px(crawl):
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in crawl["layout"].items()
+            if url.startswith("chapters/") for box in data["boxes"]
+            if box["python"] and box["visible"] and box["scrolls"]]
+    assert not wide, "code wider than its box at 1280 px:\n" + "\n".join(wide)
+
+
+def test_notebook_code_fits_its_box_at_1280_px_as_chapter_code_does(crawl):
+    """A snippet's lines are at most 88 columns; at 1280 px its notebook page shows them whole, as a chapter does."""
+    notebooks = [url for (width, url) in crawl["layout"] if "notebooks/" in url]
+    wide = [f"{url}: {box['text']!r}" for (width, url), data in crawl["layout"].items()
+            if "notebooks/" in url for box in data["boxes"]
+            if box["notebook_code"] and box["visible"] and box["scrolls"]]
+    assert len(notebooks) >= 2 * len(snippets.find()) and not wide, "notebook code cut at 1280 px:\n" + "\n".join(wide)
+
+
+def test_every_page_is_at_most_twelve_screens_at_1280_px_with_folds_closed(crawl):
+    heights = {url: data["height"] for (width, url), data in crawl["layout"].items()}
+    print("\npage heights at 1280 px (screens of 900 px): "
+          + ", ".join(f"{url or 'home'} {h} ({h / 900:.1f})" for url, h in sorted(heights.items())))
+    long = [f"{url or 'home'}: {h} px = {h / 900:.1f} screens" for url, h in heights.items() if h > 12 * 900]
+    assert not long, "pages over 12 screens of 900 px:\n" + "\n".join(sorted(long))
+
+
+def test_pages_keep_their_height_while_figures_load_at_1280_px(crawl):
+    """Every figure carries its width and height, so a page does not grow under the reader as images arrive."""
+    problems = browser_pages.jumps(crawl["layout"])
+    assert not problems, "\n".join(problems)
+
+
+def test_figures_are_drawn_at_high_pixel_density_at_1280_px(crawl):
+    """A figure's PNG is at least 1.5 times as wide, in pixels, as it is shown."""
+    shown, low = browser_pages.blurry(crawl["layout"])
+    assert shown >= 10 and not low, "\n".join(low)
+
+
+def test_contrast_in_the_dark_scheme_at_1280_px(crawl, site):
+    """axe's colour-contrast rule (text and syntax tokens at least 4.5:1), folds open, after the reader's switch to
+    the dark scheme: every English page and a Chinese page of each type (the crawl runs every rule in the light
+    one)."""
+    english = {url for url in browser_pages.site_pages(site) if not url.startswith("zh/")}
+    assert set(crawl["dark"]) >= english | set(browser_pages.one_of_each(browser_pages.site_pages(site)))
+    found = [line for lines in crawl["dark"].values() for line in lines]
+    assert not found, f"{len(found)} contrast failures:\n" + "\n".join(found[:40])
 
 
 def test_copy_button_copies_exactly_the_cells_code(context, server):
@@ -218,17 +300,16 @@ def test_dark_mode_toggle_keeps_code_output_and_charts_readable(context, server)
     assert sorted(schemes) == ["default", "slate"]
 
 
-def test_notebook_pages_render_with_figures(context, server):
+def test_notebook_pages_render_with_figures(crawl, server):
     with_figures = [p.stem for p in snippets.find() if "plt." in p.read_text()]
     assert with_figures
     for name in with_figures:
-        visit = Visit(context, server)
-        page = visit.open(f"notebooks/{name}/")
+        url = f"notebooks/{name}/"
+        facts = crawl["facts"][url]
         cells = len(snippets.cells(snippets.SNIPPETS_DIR / f"{name}.py"))
-        assert page.locator(".jp-Notebook > .jp-CodeCell").count() == cells + 1     # + the Colab install cell
-        images = page.locator(".jp-OutputArea-output img")
-        assert images.count() >= 1 and not visit.broken, name
-        assert all(images.nth(i).get_attribute("alt") not in ("", None) for i in range(images.count()))
+        assert facts["notebook_cells"] == cells + 1                 # + the Colab install cell
+        assert facts["notebook_alts"] and all(alt not in ("", None) for alt in facts["notebook_alts"]), name
+        assert not [p for p in crawl["problems"] if p.startswith(server + url)], name   # every figure decodes
 
 
 # What a reader sees, at a laptop's and a phone's width, in both colour schemes (issue: a lesson a learner can read).
