@@ -1,7 +1,7 @@
 """A stand-in for the CUDA caching allocator's counters, on the CPU, so that the bookkeeping of the snippets' CUDA
 branches (when a peak is taken, what resets it, where it is stored) runs and is tested without a GPU.
 
-    python tests/cuda_standin.py SNIPPET RESULT.json [PROBES.json [LAST_CELL]]   # its cells, CUDA bookkeeping on
+    python tests/cuda_standin.py SNIPPET RESULT.json [PROBES.json [LAST_CELL [FEWER.json]]]   # CUDA bookkeeping on
 
 What it copies from PyTorch's allocator (``c10/cuda/CUDACachingAllocator.cpp``, and ``torch.cuda.memory``):
 
@@ -21,7 +21,10 @@ CUDA context and cuBLAS's workspaces (nothing here is allocated outside tensors)
 
 How it sees memory: a ``TorchDispatchMode`` sees the outputs of every operator, backward's included. A storage is
 counted from the first operator that returns it until it is freed (a weak reference tells); tensors made without an
-operator (``torch.from_numpy``) are not counted.
+operator (``torch.from_numpy``) are not counted. A DataLoader's work to assemble a batch (reading images, the
+transforms, collation) is host work that a GPU's allocator never sees: it is not counted, and the tensors of the
+batch it returns are counted from then on, as their copies on the GPU would be. (Counting that work image by image
+was also what made the stand-in slow: 95% of a snippet's time, one scan of every live storage per operator.)
 
 How a snippet is run: its cells in one namespace through the recorder's own ``tools.run_cells.run_cell`` (with the
 per-cell reset on), after one line of its setup cell, ``ALLOCATOR = device.type == "cuda"``, is replaced by
@@ -67,6 +70,7 @@ class StandIn(TorchDispatchMode):
         self.limit = TOTAL
         self.stats = {"num_alloc_retries": 0, "num_ooms": 0, "num_device_free": 0, "num_device_alloc": 0}
         self.resets = 0
+        self.paused = 0                # > 0 while host work runs (``host``): nothing is counted
 
     # --- bookkeeping -------------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -112,13 +116,31 @@ class StandIn(TorchDispatchMode):
             self.stats["num_device_free"] += 1
         self.reserved = min(self.reserved, kept)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+    def _count(self, out) -> None:
         self.refresh()
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor) and value.layout == torch.strided:
                 self._allocate(value.untyped_storage())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.paused:
+            self._count(out)
         return out
+
+    def host(self, function):
+        """``function`` (a DataLoader iterator's ``__next__``) run as host work, uncounted; the tensors it returns are
+        counted from then on, as the batch's copy on the GPU would be."""
+        def wrapped(*args, **kwargs):
+            self.paused += 1
+            try:
+                out = function(*args, **kwargs)
+            finally:
+                self.paused -= 1
+            if not self.paused:
+                self._count(out)
+            return out
+        return wrapped
 
     # --- the torch.cuda API -----------------------------------------------------------------------------------
     def memory_allocated(self, device=None) -> int:
@@ -173,9 +195,11 @@ class StandIn(TorchDispatchMode):
 
 
 def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None,
-        last: str | None = None) -> list[dict]:
+        last: str | None = None, fewer: dict[str, str] | None = None) -> list[dict]:
     """Run the cells of ``snippet`` with its allocator switch on, against a stand-in, the recorder's per-cell reset
-    included: all of them, or up to the cell named ``last``. Returns the cells' results as ``tools.run_cells.run_cell``
+    included: all of them, or up to the cell named ``last``. ``fewer`` ({line: replacement}, each line found exactly
+    once) sets a timing's repeats and sample counts lower: the stand-in sees every operator in Python, its clock
+    measures nothing, and a timing loop run in full only costs minutes. Returns the cells' results as ``tools.run_cells.run_cell``
     gives them (it stops at a cell that raised), then one entry named '(stand-in)' with the stand-in's counters and
     each of ``probes`` ({name: expression}) evaluated in the snippet's namespace after the last cell run."""
     sys.path.insert(0, str(ROOT))
@@ -188,8 +212,15 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None,
     if last is not None and last not in [cell.name for cell in cells]:
         raise SystemExit(f"{snippet.name}: no cell named {last!r}")
     cells[0] = dataclasses.replace(setup, source=setup.source.replace(SWITCH, "ALLOCATOR = True"))
+    for line, replacement in (fewer or {}).items():
+        found = [i for i, cell in enumerate(cells) for text in cell.source.splitlines() if text == line]
+        if len(found) != 1:
+            raise SystemExit(f"{snippet.name}: the line {line!r} is in {len(found)} places, not one")
+        cells[found[0]] = dataclasses.replace(cells[found[0]], source=cells[found[0]].source.replace(line, replacement))
     stand_in = StandIn()
     stand_in.patch(torch.cuda)
+    from torch.utils.data import dataloader
+    dataloader._BaseDataLoaderIter.__next__ = stand_in.host(dataloader._BaseDataLoaderIter.__next__)
     run_cells._cuda_in_use = lambda: torch          # the recorder resets the peak before every cell
     namespace = {"__name__": "__main__", "__file__": str(snippet)}
     results = []
@@ -208,5 +239,6 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None,
 if __name__ == "__main__":
     path, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
     probes = json.loads(Path(sys.argv[3]).read_text()) if len(sys.argv) > 3 else None
-    last = sys.argv[4] if len(sys.argv) > 4 else None
-    out.write_text(json.dumps(run(path, out.parent / "figures", probes, last)), encoding="utf-8")
+    last = sys.argv[4] or None if len(sys.argv) > 4 else None
+    fewer = json.loads(Path(sys.argv[5]).read_text()) if len(sys.argv) > 5 else None
+    out.write_text(json.dumps(run(path, out.parent / "figures", probes, last, fewer)), encoding="utf-8")

@@ -2,8 +2,9 @@
 (tests/cuda_standin.py: one global peak that any reset_peak_memory_stats() sets back, the recorder's reset before
 every cell included, reserved memory in segments, a memory fraction that raises OutOfMemoryError).
 
-The stand-in counts every tensor an operator makes, host ones too, so its bytes are not a GPU's: these tests check
-when peaks are taken and what they are compared with, not the numbers the GPU tab will show."""
+The stand-in counts every tensor an operator makes, host ones too (all but a DataLoader's work to assemble a batch),
+so its bytes are not a GPU's: these tests check when peaks are taken and what they are compared with, not the
+numbers the GPU tab will show."""
 from __future__ import annotations
 
 import json
@@ -21,13 +22,15 @@ SNIPPETS = ROOT / "snippets"
 
 
 def run_standin(name: str, tmp_path: Path, probes: dict[str, str] | None = None,
-                last: str | None = None) -> tuple[dict[str, str], dict]:
+                last: str | None = None, fewer: dict[str, str] | None = None) -> tuple[dict[str, str], dict]:
     """({cell: stdout}, the stand-in's counters and probes) for snippets/<name>.py run with its allocator switch on,
-    all its cells or up to the cell named ``last``; fails with the traceback of a cell that raised."""
-    result, probe_file = tmp_path / f"{name}.json", tmp_path / f"{name}-probes.json"
+    all its cells or up to the cell named ``last``, a timing's repeats made ``fewer`` ({line: replacement});
+    fails with the traceback of a cell that raised."""
+    result, probe_file, fewer_file = (tmp_path / f"{name}{end}.json" for end in ("", "-probes", "-fewer"))
     probe_file.write_text(json.dumps(probes or {}))
+    fewer_file.write_text(json.dumps(fewer or {}))
     process = subprocess.run([sys.executable, str(ROOT / "tests" / "cuda_standin.py"), str(SNIPPETS / f"{name}.py"),
-                              str(result), str(probe_file), *([last] if last else [])], cwd=ROOT,
+                              str(result), str(probe_file), last or "", str(fewer_file)], cwd=ROOT,
                              capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"), timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
     cells = json.loads(result.read_text())
@@ -66,6 +69,32 @@ def test_the_standin_counts_like_the_allocator():
     finally:
         for name, function in real.items():
             setattr(torch.cuda, name, function)
+
+
+def test_the_standin_counts_a_dataloaders_batch_and_not_the_host_work_that_made_it():
+    """Each image's transform makes a 4 MiB tensor on the host; a GPU's allocator never sees it. The batch the loader
+    returns is counted, as its copy on the GPU would be, and the peak is the batch's."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cuda_standin import MiB, StandIn, rounded
+
+    class Images(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            work = torch.ones(MiB, dtype=torch.float32) * index               # 4 MiB of host work per image
+            return work[:256].clone()
+
+    standin = StandIn()
+    iterator = iter(DataLoader(Images(), batch_size=4))
+    with standin:
+        batch = standin.host(type(iterator).__next__)(iterator)
+        before = standin.peak_allocated
+        work = torch.ones(MiB, dtype=torch.float32)                            # an operator outside a loader counts
+    assert batch.shape == (4, 256) and before == standin.allocated - rounded(work.nbytes) == rounded(batch.nbytes)
+    assert standin.peak_allocated == rounded(batch.nbytes) + rounded(work.nbytes)
 
 
 def test_grad_accumulation_stores_each_peak_when_it_is_measured(tmp_path):
@@ -187,7 +216,9 @@ def test_batch_size_effects_prints_the_peak_of_each_batch_size(tmp_path):
     parameters' bytes), all alive at the optimizer step. (The accuracy cell, which measures no memory, is not run.)"""
     out, standin = run_standin("batch_size_effects", tmp_path, {
         "peaks": "[[b, speed[b][1]] for b in BATCH_SIZES]",
-        "parameter_bytes": "sum(p.numel() * p.element_size() for p in MLP().parameters())"}, last="throughput")
+        "parameter_bytes": "sum(p.numel() * p.element_size() for p in MLP().parameters())"}, last="throughput",
+        fewer={"REPEATS = 5  # timings of each batch size: the median, and how far they spread": "REPEATS = 1",
+               "TIMED_SAMPLES = 16384  # per batch size and timing, and at least 4 steps": "TIMED_SAMPLES = 64"})
     peaks = dict(standin["probes"]["peaks"])
     assert list(peaks.values()) == sorted(peaks.values())
     assert min(peaks.values()) >= 4 * standin["probes"]["parameter_bytes"] > 0
