@@ -13,8 +13,8 @@ BUILD = ("import sys; sys.modules['torch'] = None; sys.argv[0] = 'mkdocs'; "
          "from mkdocs.__main__ import cli; cli()")
 
 
-def build(project: Path, site_dir: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+def build(project: Path, site_dir: Path, **environment: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", **environment)
     return subprocess.run([sys.executable, "-c", BUILD, "build", "--strict", "--site-dir", str(site_dir)],
                           cwd=project, capture_output=True, text=True, env=env)
 

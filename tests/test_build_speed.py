@@ -69,3 +69,40 @@ def test_the_recordings_are_checked_again_only_when_a_file_changes(tmp_path):
     (tmp_path / "a.json").write_text("22")
     assert build_speed.checked_once(build_speed.fingerprint([tmp_path], []), check) == ["problem"]
     assert len(calls) == 2
+
+
+def test_a_memo_is_read_by_the_next_build_and_only_under_the_same_versions(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_speed, "CACHE", tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return "<pre>html</pre>"
+    first = build_speed.Memo("demo", "pygments==1")
+    assert first(("block", "python"), compute) == first(("block", "python"), compute) == "<pre>html</pre>"
+    first.save()
+    assert len(calls) == 1 and len(list(tmp_path.glob("demo-*.pickle"))) == 1
+    assert build_speed.Memo("demo", "pygments==1")(("block", "python"), compute) == "<pre>html</pre>"
+    assert len(calls) == 1                                                    # the next build read it
+    build_speed.Memo("demo", "pygments==2")(("block", "python"), compute)     # another version: made again
+    build_speed.Memo("demo", "pygments==1")(("other", "python"), compute)     # another block: made
+    assert len(calls) == 3
+    next(tmp_path.glob("demo-*.pickle")).write_bytes(b"not a pickle")
+    assert build_speed.Memo("demo", "pygments==1")(("block", "python"), compute) == "<pre>html</pre>"
+    assert len(calls) == 4                                                    # a broken cache is made again
+
+
+def test_a_build_from_the_caches_makes_the_same_site_as_a_build_without_them(site, tmp_path):
+    """The site fixture's build left every memo in .cache/lesson/; a build that reads them and a build with none of
+    tools/build_speed.py's shortcuts (LESSON_FULL_BUILD=1) write the same files, byte for byte."""
+    import filecmp
+
+    from site_build import ROOT, build
+    for name, settings in (("warm", {}), ("full", {"LESSON_FULL_BUILD": "1"})):
+        process = build(ROOT, tmp_path / name, **settings)
+        assert process.returncode == 0, process.stderr[-3000:]
+    warm, full = ({p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file()}
+                  for name in ("warm", "full"))
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "warm", tmp_path / "full", [str(f) for f in warm],
+                                           shallow=False)
+    assert len(warm) > 200 and warm == full and not mismatch and not errors, (sorted(warm ^ full) + mismatch)[:20]

@@ -4,12 +4,76 @@ Both editions show the same code, so the Chinese edition highlighted every block
 highlighted everything again after each saved edit; Material's search parsed every highlighted token of every code
 block as an HTML element. Each change here leaves the built pages and the search indexes byte for byte as they were
 (``tests/test_build_speed.py`` builds both ways and compares them); ``benchmarks/site.py`` measures the time.
+
+What pure functions computed (pygments' HTML for a code block, a notebook page's trimmed HTML) is also kept between
+builds in ``.cache/lesson/`` (``Memo``), under the SHA-256 of the arguments and the versions of the libraries that
+made it; a build keeps only what it used. ``LESSON_FULL_BUILD=1`` builds without any of it.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import pickle
 import re
 from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lesson"
+
+
+class Memo:
+    """{SHA-256 of an argument's repr: result}, read from ``.cache/lesson/NAME-SALT.pickle`` on first use and written
+    back by ``save()`` (atomically; only the entries used since the last save). A missing, unreadable or read-only
+    cache only means the work is done again."""
+
+    def __init__(self, name: str, salt: str):
+        self.path = CACHE / f"{name}-{hashlib.sha256(salt.encode()).hexdigest()[:12]}.pickle"
+        self.stored: dict[str, object] | None = None
+        self.used: dict[str, object] = {}
+
+    def __call__(self, key, compute):
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()
+        if digest not in self.used:
+            if self.stored is None:
+                try:
+                    self.stored = pickle.loads(self.path.read_bytes())
+                except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError):
+                    self.stored = {}
+            self.used[digest] = self.stored[digest] if digest in self.stored else compute()
+        return self.used[digest]
+
+    def save(self) -> None:
+        if not self.used or self.used == self.stored:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self.path.with_name(f"{self.path.name}.{os.getpid()}")       # another build may write too
+            scratch.write_bytes(pickle.dumps(self.used))
+            scratch.replace(self.path)
+        except OSError:
+            return
+        self.stored, self.used = dict(self.used), {}
+
+
+def _versions(*modules: str) -> str:
+    from importlib import metadata
+    return " ".join(f"{name}=={metadata.version(name)}" for name in modules)
+
+
+MEMOS: dict[str, Memo] = {}
+
+
+def memo(name: str, *distributions: str) -> Memo:
+    """The ``Memo`` called ``name``, salted with the versions of ``distributions`` (one per process)."""
+    if name not in MEMOS:
+        MEMOS[name] = Memo(name, _versions(*distributions))
+    return MEMOS[name]
+
+
+def save_memos() -> None:
+    """Write every memo used in this build (the hook's on_post_build)."""
+    for one in MEMOS.values():
+        one.save()
 
 PRE = re.compile(r"(<pre\b[^>]*>)(.*?)(</pre>)", re.S)
 SPAN = re.compile(r"</?span\b[^>]*>")
@@ -28,12 +92,15 @@ def _key(value):
 
 def cache_highlighting() -> None:
     """Pygments' HTML for a code block, kept per process and reused whenever the same block comes again with the
-    same settings: in the other edition, and in every rebuild ``mkdocs serve`` makes. Installed once, on
+    same settings: in the other edition, in every rebuild ``mkdocs serve`` makes, and (``Memo``) in the next build.
+    Installed once, on
     ``pymdownx.highlight.Highlight.highlight`` (the function superfences calls for every fence)."""
     from pymdownx import highlight
     original = highlight.Highlight.highlight
     if getattr(original, "lesson_cached", False):
         return
+
+    disk = memo("highlight", "pygments", "pymdown-extensions", "Markdown")
 
     @functools.wraps(original)
     def cached(self, src, language, *args, **kwargs):
@@ -42,7 +109,7 @@ def cache_highlighting() -> None:
         if key not in _highlighted:
             if len(_highlighted) >= HIGHLIGHT_CACHE_SIZE:
                 _highlighted.clear()
-            _highlighted[key] = original(self, src, language, *args, **kwargs)
+            _highlighted[key] = disk(key, lambda: original(self, src, language, *args, **kwargs))
         return _highlighted[key]
 
     cached.lesson_cached = True

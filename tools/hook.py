@@ -509,7 +509,11 @@ def on_post_page(output, page, config):
     Chinese pages: the search looks in the Chinese edition's index (``on_post_build``), found under zh/ beside the
     site's base."""
     if page.file.src_uri.startswith("notebooks/"):
-        output = figure_files(fold_notebook_cells(notebook_pages.slim(output), page), page)
+        slim = (notebook_pages.slim(output) if FULL_BUILD else
+                build_speed.memo("notebook-page", "mkdocs-jupyter", "nbconvert")(
+                    (output, Path(notebook_pages.__file__).read_text(encoding="utf-8")),
+                    lambda: notebook_pages.slim(output)))
+        output = figure_files(fold_notebook_cells(slim, page), page)
         if lang(page) == "zh":
             output = localise_notebook(output, page)
     # mkdocs-static-i18n's <link rel="alternate" hreflang> tags point at this page in each edition; Material fetches
@@ -526,6 +530,7 @@ def on_post_page(output, page, config):
 def on_post_build(config):
     """One search index per edition, so that a search never answers in the other language: search/ keeps the English
     pages, zh/search/ the Chinese ones (their locations relative to zh/)."""
+    build_speed.save_memos()
     i18n = config["plugins"].get("i18n")
     if i18n is None or i18n.building:
         return
