@@ -9,8 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_tag(loader, node):
+    """MkDocs' ``!ENV [NAME, default]`` in mkdocs.yml, read by the tests' yaml.safe_load as the variable's value or
+    its default, as MkDocs reads it."""
+    names = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else [loader.construct_scalar(node)]
+    *variables, default = names if len(names) > 1 else [*names, None]
+    return next((os.environ[name] for name in variables if name in os.environ), default)
+
+
+yaml.SafeLoader.add_constructor("!ENV", _env_tag)
 os.environ.setdefault("LESSON_DATA", str(ROOT.parent / "shared" / "data"))
 if os.environ.get("PYTEST_XDIST_WORKER"):     # each worker's torch (and the snippets it starts) on its share of CPUs
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)

@@ -222,6 +222,8 @@ def test_home_page_names_the_recording_hardware(site):
         assert "come from a real GPU" not in text
 
 
+# A changed copy of the project is built in the English edition alone (LESSON_ONLY_LOCALE=en, mkdocs.yml): what these
+# tests change and look at is the same in both editions, and one edition builds in half the time.
 @pytest.fixture
 def copy_of_project(tmp_path):
     for name in ("docs", "snippets", "tools", "overrides", "i18n"):
@@ -242,7 +244,7 @@ def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a
                               "--snippets", str(copy_of_project / "snippets"), "--check"],
                              cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0, process.stdout
-    before = build(copy_of_project, tmp_path / "before")
+    before = build(copy_of_project, tmp_path / "before", LESSON_ONLY_LOCALE="en")
     assert before.returncode == 0, before.stderr[-3000:]
     page = (tmp_path / "before" / "chapters" / "models" / "index.html").read_text()
     assert "CPU-ONLY-SENTENCE" in page and "GPU-ONLY-SENTENCE" not in page and "OTHER-GPU" not in page
@@ -251,7 +253,7 @@ def test_gpu_and_cpu_recordings_show_as_tabs_gpu_first_and_gpu_prose_only_with_a
     subprocess.run([sys.executable, "-m", "tools.record", "--out", str(copy_of_project / "docs" / "outputs"),
                     "--snippets", str(copy_of_project / "snippets"), "mnist_mlp", "--device", "cpu"],
                    cwd=ROOT, capture_output=True, text=True, check=True)     # rewrites the notebook only
-    after = build(copy_of_project, tmp_path / "after")
+    after = build(copy_of_project, tmp_path / "after", LESSON_ONLY_LOCALE="en")
     assert after.returncode == 0, after.stderr[-3000:]
     soup = BeautifulSoup((tmp_path / "after" / "chapters" / "models" / "index.html").read_text(), "html.parser")
     text = soup.get_text()
@@ -285,7 +287,7 @@ def test_a_gpu_cell_without_a_gpu_recording_says_so_in_its_gpu_tab(site):
 def test_unknown_snippet_in_a_gpu_only_block_fails_the_strict_build(copy_of_project, tmp_path):
     chapter = copy_of_project / "docs" / "chapters" / "models.md"
     chapter.write_text(chapter.read_text() + "\n\n<!-- gpu-only: no_such_snippet -->\nX\n<!-- /gpu-only -->\n")
-    process = build(copy_of_project, tmp_path / "site")
+    process = build(copy_of_project, tmp_path / "site", LESSON_ONLY_LOCALE="en")
     assert process.returncode != 0 and "gpu-only: no_such_snippet --> names a snippet" in process.stderr
 
 
@@ -298,7 +300,7 @@ def test_the_strict_build_agrees_with_check_on_environment_fields(copy_of_projec
     check = subprocess.run([sys.executable, "-m", "tools.record", "--out", str(copy_of_project / "docs" / "outputs"),
                             "--snippets", str(copy_of_project / "snippets"), "--check"],
                            cwd=ROOT, capture_output=True, text=True)
-    process = build(copy_of_project, tmp_path / "site")
+    process = build(copy_of_project, tmp_path / "site", LESSON_ONLY_LOCALE="en")
     assert (check.returncode != 0) == stale == (process.returncode != 0), process.stderr[-2000:]
 
 
@@ -312,7 +314,7 @@ def test_stderr_and_warnings_are_shown_under_the_cell_on_chapter_and_notebook_pa
     subprocess.run([sys.executable, "-m", "tools.record", "--out", str(copy_of_project / "docs" / "outputs"),
                     "--snippets", str(copy_of_project / "snippets"), "mnist_mlp", "--device", "cpu"],
                    cwd=ROOT, capture_output=True, text=True, check=True)     # rewrites the notebook only
-    process = build(copy_of_project, tmp_path / "site")
+    process = build(copy_of_project, tmp_path / "site", LESSON_ONLY_LOCALE="en")
     assert process.returncode == 0, process.stderr[-3000:]
     soup = BeautifulSoup((tmp_path / "site" / "chapters" / "models" / "index.html").read_text(), "html.parser")
     boxes = [b.get_text() for b in soup.select(".cell-stderr")]
