@@ -3,7 +3,8 @@ the search index.
 
 `mkdocs serve` is started in a copy of the project (so nothing here is touched), as the README starts it: the
 seconds until its first page answers, then, after an edit to one chapter is saved, the seconds until the served page
-shows it (the rebuild that the browser's live reload then loads), three edits, each timed.
+shows it (the rebuild that the browser's live reload then loads), three edits, each timed; then the same with
+LESSON_ONLY_LOCALE=en, which builds and serves the English edition alone.
 
 A page's weight is its HTML plus everything it loads from this site when it opens (images, stylesheets, scripts);
 its edition's search index (search/search_index.json, zh/search/search_index.json) is fetched only when the reader
@@ -79,9 +80,10 @@ def _until(url: str, done, limit: float = 120) -> float:
     raise TimeoutError(f"{url} did not answer as expected within {limit} s")
 
 
-def serve_times(edits: int = 3) -> tuple[float, list[float]]:
+def serve_times(edits: int = 3, **environment: str) -> tuple[float, list[float]]:
     """(seconds until `mkdocs serve`'s first page answers, [seconds from saving an edit to one chapter until the
-    served page shows it, for each edit]), in a copy of the project with an empty mkdocs-jupyter cache."""
+    served page shows it, for each edit]), in a copy of the project with empty caches (mkdocs-jupyter's and
+    .cache/), with ``environment`` added to mkdocs serve's (LESSON_ONLY_LOCALE=en: one edition)."""
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         for name in ("docs", "snippets", "tools", "overrides", "i18n"):
@@ -93,7 +95,7 @@ def serve_times(edits: int = 3) -> tuple[float, list[float]]:
         started = time.perf_counter()
         server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "--dev-addr", f"127.0.0.1:{port}"],
                                   cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+                                  env=dict(os.environ, NO_MKDOCS_2_WARNING="1", **environment))
         try:
             _until(base, lambda page: page is not None)
             first = time.perf_counter() - started
@@ -111,13 +113,14 @@ def serve_times(edits: int = 3) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryDirectory() as cache:
         site = Path(scratch)
         runs = []
-        for _ in range(3):
+        for _ in range(3):                  # the first with empty caches (LESSON_CACHE), the next two reading them
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", scratch],
-                           cwd=ROOT, check=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+                           cwd=ROOT, check=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin",
+                                                      "LESSON_CACHE": cache},
                            stderr=subprocess.DEVNULL)
             runs.append(time.perf_counter() - started)
         weights = sorted(((weight(files_of(p, site)), p.relative_to(site)) for p in site.rglob("*.html")
@@ -126,11 +129,12 @@ def main() -> None:
         heaviest = weights[0][1]
         with_index = weight(files_of(site / heaviest, site) + [search_index(site / heaviest, site)])
         pages = sum(1 for p in site.rglob("index.html") if "assets" not in p.parts)
-    print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs) + " s (first run fills mkdocs-jupyter's cache)")
+    print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs) + " s (the first with .cache/lesson empty: LESSON_CACHE)")
     print(f"mkdocs build --strict, median of {len(runs)}: {statistics.median(runs):.2f} s")
-    first, edits = serve_times()
-    print(f"mkdocs serve: first page after {first:.1f} s; a saved edit to chapters/models.md shown after "
-          + ", ".join(f"{s:.1f}" for s in edits) + " s")
+    for label, environment in (("mkdocs serve", {}), ("LESSON_ONLY_LOCALE=en mkdocs serve", {"LESSON_ONLY_LOCALE": "en"})):
+        first, edits = serve_times(**environment)
+        print(f"{label}: first page after {first:.1f} s; a saved edit to chapters/models.md shown after "
+              + ", ".join(f"{s:.1f}" for s in edits) + " s")
     print(f"{pages} pages; search index, fetched when a reader first opens the search: "
           + "; ".join(f"{edition or 'en'} {raw:,} bytes ({zipped:,} gzipped)" for edition, (raw, zipped) in indexes.items()))
     print("heaviest pages, with everything they load when they open (HTML + images + CSS + JS):")

@@ -18,7 +18,7 @@ import pickle
 import re
 from pathlib import Path
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lesson"
+CACHE = Path(os.environ.get("LESSON_CACHE") or Path(__file__).resolve().parent.parent / ".cache" / "lesson")
 
 
 class Memo:

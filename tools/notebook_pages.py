@@ -33,7 +33,7 @@ def _selectors(prelude: str) -> list[frozenset[str]]:
     return [frozenset(CLASS.findall(NOT.sub("", selector))) for selector in prelude.split(",")]
 
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "lesson"
+CACHE = Path(os.environ.get("LESSON_CACHE") or Path(__file__).resolve().parent.parent / ".cache" / "lesson")
 
 
 @functools.lru_cache(maxsize=4)
