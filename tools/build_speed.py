@@ -22,7 +22,7 @@ CACHE = Path(os.environ.get("LESSON_CACHE") or Path(__file__).resolve().parent.p
 
 
 class Memo:
-    """{SHA-256 of an argument's repr: result}, read from ``.cache/lesson/NAME-SALT.pickle`` on first use and written
+    """{SHA-256 of the pickled key (tuples of strings, numbers and None): result}, read from ``.cache/lesson/NAME-SALT.pickle`` on first use and written
     back by ``save()`` (atomically; only the entries used since the last save). A missing, unreadable or read-only
     cache only means the work is done again."""
 
@@ -32,7 +32,7 @@ class Memo:
         self.used: dict[str, object] = {}
 
     def __call__(self, key, compute):
-        digest = hashlib.sha256(repr(key).encode()).hexdigest()
+        digest = hashlib.sha256(pickle.dumps(key, protocol=5)).hexdigest()     # tuples of str, int, None
         if digest not in self.used:
             if self.stored is None:
                 try:
@@ -121,22 +121,42 @@ def plain_code(html: str) -> str:
     return PRE.sub(lambda m: m[1] + SPAN.sub("", m[2]) + m[3], html)
 
 
+def _toc_key(toc) -> tuple:
+    return tuple((item.id, item.url, item.title, _toc_key(item.children)) for item in toc)
+
+
 def index_plain_code(search_plugin) -> None:
     """Material's search index reads each page through Python's html.parser, token by token; give it the page with
-    its code blocks as plain text (``plain_code``) and put the page back afterwards. Called once per build, after
-    the search plugin has made its index (on_pre_build)."""
+    its code blocks as plain text (``plain_code``) and put the page back afterwards. The entries a page adds (its
+    sections' locations, titles and text, segmented by jieba on Chinese pages) are kept (``Memo``) under everything
+    they are made from: the page's address, title, front matter, table of contents and content, and jieba's
+    dictionaries; the next build, or the next ``mkdocs serve`` rebuild, adds them without parsing the page again.
+    Called once per build, after the search plugin has made its index (on_pre_build)."""
     index = getattr(search_plugin, "search_index", None)
     if index is None or getattr(index.add_entry_from_context, "lesson_plain", False):
         return
     original = index.add_entry_from_context
+    disk = memo("search-entries", "mkdocs-material", "jieba")
+    dictionaries = tuple(Path(search_plugin.config.get(name)).read_text(encoding="utf-8")
+                         if search_plugin.config.get(name) and Path(search_plugin.config.get(name)).is_file() else None
+                         for name in ("jieba_dict", "jieba_dict_user"))
 
     def add_entry_from_context(page):
-        content = page.content
-        page.content = plain_code(content)
-        try:
-            return original(page)
-        finally:
-            page.content = content
+        content, made = page.content, []
+        key = (page.url, page.title, repr(page.meta), _toc_key(page.toc), plain_code(content), dictionaries)
+
+        def entries():
+            before = len(index.entries)
+            page.content = key[4]
+            try:
+                original(page)
+            finally:
+                page.content = content
+            made.append(True)
+            return [dict(entry) for entry in index.entries[before:]]
+        added = disk(key, entries)
+        if not made:
+            index.entries.extend(dict(entry) for entry in added)
 
     add_entry_from_context.lesson_plain = True
     index.add_entry_from_context = add_entry_from_context
@@ -162,3 +182,42 @@ def checked_once(key: tuple, check) -> list:
         _checked.clear()
         _checked[key] = list(check())
     return _checked[key]
+
+
+def jinja_bytecode_cache():
+    """Jinja's FileSystemBytecodeCache in .cache/lesson/jinja/ (the hook's on_env); None where it cannot be made."""
+    import jinja2
+    folder = CACHE / "jinja"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
+
+
+def remember_glightbox(plugins) -> None:
+    """mkdocs-glightbox parses every page twice with selectolax (its on_page_content wraps each image in a link, its
+    on_post_page adds its stylesheet and script): the same input, page address, front matter and settings give the
+    same HTML, so each result is kept (``Memo``). Its two methods are replaced where MkDocs' plugin collection keeps
+    them for the events (``plugins.events``); called from the hook's on_config, once per build."""
+    plugin = plugins.get("glightbox")
+    if plugin is None:
+        return
+    disk = memo("glightbox", "mkdocs-glightbox", "selectolax")
+
+    def remembered(method, event):
+        if getattr(method, "lesson_remembered", False):
+            return method
+
+        def call(item, page, config, **kwargs):
+            settings = (repr(dict(plugin.config)), config["theme"].name, plugin.using_material_privacy,
+                        repr(config["theme"].get("features", [])))
+            return disk((event, item, page.url, repr(page.meta), settings), lambda: method(item, page, config, **kwargs))
+        call.lesson_remembered = True
+        return call
+
+    for event, name in (("page_content", "on_page_content"), ("post_page", "on_post_page")):
+        methods = plugins.events[event]
+        for position, method in enumerate(methods):
+            if getattr(method, "__self__", None) is plugin and method.__name__ == name:
+                methods[position] = remembered(method, event)

@@ -146,6 +146,7 @@ def on_config(config):
         search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
     if not FULL_BUILD:
         build_speed.cache_highlighting()
+        build_speed.remember_glightbox(config["plugins"])
     return config
 
 
@@ -502,6 +503,15 @@ def localise_notebook(output: str, page) -> str:
             output = output.replace(f'alt="{html.escape(entry["en"])}"', f'alt="{html.escape(entry["zh"])}"')
     output = output.replace('aria-label="Copy to Clipboard"', f'aria-label="{t(page, "copy_code")}"')
     return output.replace(">Copied!<", f">{t(page, 'copied')}<")
+
+
+def on_env(env, config, files):
+    """Jinja compiles each theme template once and keeps the result in .cache/lesson/jinja/ (Jinja's own
+    FileSystemBytecodeCache, keyed by each template's source): each build, each edition and each ``mkdocs serve``
+    rebuild makes a new environment and compiled all 85 of Material's templates again (0.4 s)."""
+    if not FULL_BUILD:
+        env.bytecode_cache = build_speed.jinja_bytecode_cache()
+    return env
 
 
 def on_post_page(output, page, config):
