@@ -106,3 +106,24 @@ def test_a_build_from_the_caches_makes_the_same_site_as_a_build_without_them(sit
     _, mismatch, errors = filecmp.cmpfiles(tmp_path / "warm", tmp_path / "full", [str(f) for f in warm],
                                            shallow=False)
     assert len(warm) > 200 and warm == full and not mismatch and not errors, (sorted(warm ^ full) + mismatch)[:20]
+
+
+def test_a_page_whose_conversion_warned_warns_again_in_the_next_strict_build(tmp_path):
+    """A broken link fails the strict build, and fails it again when the build reads the caches the first one left
+    (a conversion that logged a warning is not kept)."""
+    import shutil
+
+    from site_build import ROOT, build
+    from tools import environment
+    project = tmp_path / "project"
+    for name in ("docs", "snippets", "tools", "overrides", "i18n"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    shutil.copy(ROOT / "mkdocs.yml", project)
+    for pins in environment.PINS_FILES.values():
+        shutil.copy(pins, project)
+    chapter = project / "docs" / "chapters" / "models.md"
+    chapter.write_text(chapter.read_text(encoding="utf-8") + "\n\nSee [a page](no-such-page.md).\n", encoding="utf-8")
+    for run in ("cold", "warm"):
+        process = build(project, tmp_path / run, LESSON_ONLY_LOCALE="en", LESSON_CACHE=str(tmp_path / "cache"))
+        assert process.returncode != 0 and "no-such-page.md" in process.stderr, (run, process.stderr[-2000:])
+    assert list((tmp_path / "cache").glob("markdown-*.pickle"))       # the pages that converted cleanly were kept

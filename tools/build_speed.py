@@ -32,6 +32,14 @@ class Memo:
         self.used: dict[str, object] = {}
 
     def __call__(self, key, compute):
+        found, value = self.lookup(key)
+        if not found:
+            value = compute()
+            self.store(key, value)
+        return value
+
+    def lookup(self, key) -> tuple[bool, object]:
+        """(whether ``key`` is kept, its result)."""
         digest = hashlib.sha256(pickle.dumps(key, protocol=5)).hexdigest()     # tuples of str, int, None
         if digest not in self.used:
             if self.stored is None:
@@ -39,8 +47,13 @@ class Memo:
                     self.stored = pickle.loads(self.path.read_bytes())
                 except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError):
                     self.stored = {}
-            self.used[digest] = self.stored[digest] if digest in self.stored else compute()
-        return self.used[digest]
+            if digest not in self.stored:
+                return False, None
+            self.used[digest] = self.stored[digest]
+        return True, self.used[digest]
+
+    def store(self, key, value) -> None:
+        self.used[hashlib.sha256(pickle.dumps(key, protocol=5)).hexdigest()] = value
 
     def save(self) -> None:
         if not self.used or self.used == self.stored:
@@ -221,3 +234,57 @@ def remember_glightbox(plugins) -> None:
         for position, method in enumerate(methods):
             if getattr(method, "__self__", None) is plugin and method.__name__ == name:
                 methods[position] = remembered(method, event)
+
+
+def remember_markdown() -> None:
+    """A Markdown page's HTML, table of contents and anchors, kept (``Memo``) under everything its conversion reads:
+    the Markdown after every plugin's on_page_markdown, the page's source and address, the Markdown extensions and
+    their settings, the validation settings, and every file's source path and address (links are checked against
+    them). A conversion that logged anything (a broken link, a missing anchor) is not kept, so that its warning comes
+    again and a strict build still fails; a page that includes other files (pymdownx.snippets' ``--8<--``) is always
+    converted. Installed on ``mkdocs.structure.pages.Page.render`` (the hook's on_config); mkdocs-jupyter's notebook
+    pages have their own."""
+    import logging
+
+    from mkdocs.structure import pages
+    original = pages.Page.render
+    if getattr(original, "lesson_remembered", False):
+        return
+    disk = memo("markdown", "mkdocs", "Markdown", "pymdown-extensions", "pygments", "mkdocs-material",
+                "mkdocs-static-i18n")
+
+    class Heard(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.records = 0
+
+        def emit(self, record):
+            if record.levelno >= logging.INFO:
+                self.records += 1
+
+    @functools.wraps(original)
+    def render(self, config, files):
+        if self.markdown is None or "--8<--" in self.markdown:
+            return original(self, config, files)
+        key = ("render", self.file.src_uri, self.url, self.markdown, repr(config["markdown_extensions"]),
+               repr(config["mdx_configs"]), repr(config["validation"]),
+               tuple(sorted((f.src_uri, f.url) for f in files)))
+        found, kept = disk.lookup(key)
+        if found:
+            self.content, self.toc, self._title_from_render, self.present_anchor_ids, links = kept
+            if links is not None:
+                self.links_to_anchors = {files.get_file_from_path(uri): anchors for uri, anchors in links.items()}
+            return
+        heard, logger = Heard(), logging.getLogger("mkdocs")
+        logger.addHandler(heard)
+        try:
+            original(self, config, files)
+        finally:
+            logger.removeHandler(heard)
+        links = getattr(self, "links_to_anchors", None)
+        if not heard.records and all(f is not None for f in (links or {})):
+            disk.store(key, (self.content, self.toc, self._title_from_render, self.present_anchor_ids,
+                             None if links is None else {f.src_uri: anchors for f, anchors in links.items()}))
+
+    render.lesson_remembered = True
+    pages.Page.render = render

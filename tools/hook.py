@@ -147,6 +147,7 @@ def on_config(config):
     if not FULL_BUILD:
         build_speed.cache_highlighting()
         build_speed.remember_glightbox(config["plugins"])
+        build_speed.remember_markdown()
     return config
 
 
