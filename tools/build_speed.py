@@ -208,34 +208,6 @@ def jinja_bytecode_cache():
     return jinja2.FileSystemBytecodeCache(str(folder))
 
 
-def remember_glightbox(plugins) -> None:
-    """mkdocs-glightbox parses every page twice with selectolax (its on_page_content wraps each image in a link, its
-    on_post_page adds its stylesheet and script): the same input, page address, front matter and settings give the
-    same HTML, so each result is kept (``Memo``). Its two methods are replaced where MkDocs' plugin collection keeps
-    them for the events (``plugins.events``); called from the hook's on_config, once per build."""
-    plugin = plugins.get("glightbox")
-    if plugin is None:
-        return
-    disk = memo("glightbox", "mkdocs-glightbox", "selectolax")
-
-    def remembered(method, event):
-        if getattr(method, "lesson_remembered", False):
-            return method
-
-        def call(item, page, config, **kwargs):
-            settings = (repr(dict(plugin.config)), config["theme"].name, plugin.using_material_privacy,
-                        repr(config["theme"].get("features", [])))
-            return disk((event, item, page.url, repr(page.meta), settings), lambda: method(item, page, config, **kwargs))
-        call.lesson_remembered = True
-        return call
-
-    for event, name in (("page_content", "on_page_content"), ("post_page", "on_post_page")):
-        methods = plugins.events[event]
-        for position, method in enumerate(methods):
-            if getattr(method, "__self__", None) is plugin and method.__name__ == name:
-                methods[position] = remembered(method, event)
-
-
 def remember_markdown() -> None:
     """A Markdown page's HTML, table of contents and anchors, kept (``Memo``) under everything its conversion reads:
     the Markdown after every plugin's on_page_markdown, the page's source and address, the Markdown extensions and

@@ -146,7 +146,6 @@ def on_config(config):
         search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
     if not FULL_BUILD:
         build_speed.cache_highlighting()
-        build_speed.remember_glightbox(config["plugins"])
         build_speed.remember_markdown()
     return config
 
