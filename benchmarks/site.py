@@ -129,14 +129,17 @@ def main() -> None:
         heaviest = weights[0][1]
         with_index = weight(files_of(site / heaviest, site) + [search_index(site / heaviest, site)])
         pages = sum(1 for p in site.rglob("index.html") if "assets" not in p.parts)
-    print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs) + " s (the first with .cache/lesson empty: LESSON_CACHE)")
+    print("mkdocs build --strict: " + ", ".join(f"{s:.2f}" for s in runs)
+          + " s (the first with .cache/lesson empty: LESSON_CACHE)")
     print(f"mkdocs build --strict, median of {len(runs)}: {statistics.median(runs):.2f} s")
-    for label, environment in (("mkdocs serve", {}), ("LESSON_ONLY_LOCALE=en mkdocs serve", {"LESSON_ONLY_LOCALE": "en"})):
+    for label, environment in (("mkdocs serve", {}),
+                               ("LESSON_ONLY_LOCALE=en mkdocs serve", {"LESSON_ONLY_LOCALE": "en"})):
         first, edits = serve_times(**environment)
         print(f"{label}: first page after {first:.1f} s; a saved edit to chapters/models.md shown after "
               + ", ".join(f"{s:.1f}" for s in edits) + " s")
     print(f"{pages} pages; search index, fetched when a reader first opens the search: "
-          + "; ".join(f"{edition or 'en'} {raw:,} bytes ({zipped:,} gzipped)" for edition, (raw, zipped) in indexes.items()))
+          + "; ".join(f"{edition or 'en'} {raw:,} bytes ({zipped:,} gzipped)"
+                      for edition, (raw, zipped) in indexes.items()))
     print("heaviest pages, with everything they load when they open (HTML + images + CSS + JS):")
     for (raw, zipped), path in weights[:5]:
         print(f"{raw:>11,} bytes ({zipped:>9,} gzipped)  {path}")

@@ -199,9 +199,10 @@ def run(snippet: Path, figure_dir: Path, probes: dict[str, str] | None = None,
     """Run the cells of ``snippet`` with its allocator switch on, against a stand-in, the recorder's per-cell reset
     included: all of them, or up to the cell named ``last``. ``fewer`` ({line: replacement}, each line found exactly
     once) sets a timing's repeats and sample counts lower: the stand-in sees every operator in Python, its clock
-    measures nothing, and a timing loop run in full only costs minutes. Returns the cells' results as ``tools.run_cells.run_cell``
-    gives them (it stops at a cell that raised), then one entry named '(stand-in)' with the stand-in's counters and
-    each of ``probes`` ({name: expression}) evaluated in the snippet's namespace after the last cell run."""
+    measures nothing, and a timing loop run in full only costs minutes. Returns the cells' results as
+    ``tools.run_cells.run_cell`` gives them (it stops at a cell that raised), then one entry named '(stand-in)' with
+    the stand-in's counters and each of ``probes`` ({name: expression}) evaluated in the snippet's namespace after
+    the last cell run."""
     sys.path.insert(0, str(ROOT))
     from tools import run_cells, snippets
 

@@ -5,9 +5,10 @@ highlighted everything again after each saved edit; Material's search parsed eve
 block as an HTML element. Each change here leaves the built pages and the search indexes byte for byte as they were
 (``tests/test_build_speed.py`` builds both ways and compares them); ``benchmarks/site.py`` measures the time.
 
-What pure functions computed (pygments' HTML for a code block, a notebook page's trimmed HTML) is also kept between
-builds in ``.cache/lesson/`` (``Memo``), under the SHA-256 of the arguments and the versions of the libraries that
-made it; a build keeps only what it used. ``LESSON_FULL_BUILD=1`` builds without any of it.
+What pure functions computed (pygments' HTML for a code block, a page's converted Markdown, the search entries of a
+page, a notebook page's trimmed HTML) is also kept between builds in ``.cache/lesson/`` (``Memo``), under the SHA-256
+of the arguments and the versions of the libraries that made it, with Jinja's compiled templates beside it; a build
+keeps only what it used. ``LESSON_FULL_BUILD=1`` builds without any of it.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ CACHE = Path(os.environ.get("LESSON_CACHE") or Path(__file__).resolve().parent.p
 
 
 class Memo:
-    """{SHA-256 of the pickled key (tuples of strings, numbers and None): result}, read from ``.cache/lesson/NAME-SALT.pickle`` on first use and written
-    back by ``save()`` (atomically; only the entries used since the last save). A missing, unreadable or read-only
-    cache only means the work is done again."""
+    """{SHA-256 of the pickled key (tuples of strings, numbers and None): result}, read from
+    ``.cache/lesson/NAME-SALT.pickle`` on first use and written back by ``save()`` (atomically; only the entries used
+    since the last save). A missing, unreadable or read-only cache only means the work is done again."""
 
     def __init__(self, name: str, salt: str):
         self.path = CACHE / f"{name}-{hashlib.sha256(salt.encode()).hexdigest()[:12]}.pickle"
