@@ -125,3 +125,9 @@ def blurry(found: dict) -> tuple[int, list[str]]:
            for (width, url), data in found.items() for f in data["figures"]
            if f["shown"] > 0 and f["natural"] < 1.5 * f["shown"]]
     return sum(1 for data in found.values() for f in data["figures"] if f["shown"] > 0), low
+
+
+def figure_problems(found: dict) -> list[str]:
+    """What is wrong with the figures of a pass (``jumps`` and ``blurry``), or that it showed fewer than ten."""
+    shown, low = blurry(found)
+    return jumps(found) + low + ([] if shown >= 10 else [f"only {shown} figures shown"])
