@@ -73,7 +73,7 @@ def contrast(axe, page, label) -> list[str]:
     """Text against its background, at least 4.5:1, in the scheme the page shows now, folds as they are: axe's
     color-contrast rule outside code and output boxes, and ``CODE_CONTRAST_JS`` inside them, on every token (one
     character long ones such as '=' too, which axe passes over) and every output line, shown or folded. (axe on the
-    tens of thousands of highlighted tokens took 8 s for one chapter; this takes a tenth of a second.)"""
+    10,000 or so highlighted tokens of one chapter took 8 s; this takes a tenth of a second.)"""
     result = axe.run(page, context={"exclude": [["pre"]]},
                      options={"runOnly": ["color-contrast"], "resultTypes": ["violations"]}).response["violations"]
     found = [f"{label}: {node['target']} {node.get('any', [{}])[0].get('message', '')[:120]}"

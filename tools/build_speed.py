@@ -60,13 +60,19 @@ class Memo:
         if not self.used or self.used == self.stored:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.path.with_name(f"{self.path.name}.{os.getpid()}")       # another build may write too
-            scratch.write_bytes(pickle.dumps(self.used))
-            scratch.replace(self.path)
+            write_atomically(self.path, pickle.dumps(self.used))
         except OSError:
             return
         self.stored, self.used = dict(self.used), {}
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a scratch file renamed over it: a build beside this one (tests, a second
+    ``mkdocs serve``) reads the old file or the new one, never half of one. Raises OSError (a read-only checkout)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f"{path.name}.{os.getpid()}")
+    scratch.write_bytes(data)
+    scratch.replace(path)
 
 
 def _versions(*modules: str) -> str:
@@ -77,10 +83,12 @@ def _versions(*modules: str) -> str:
 MEMOS: dict[str, Memo] = {}
 
 
-def memo(name: str, *distributions: str) -> Memo:
-    """The ``Memo`` called ``name``, salted with the versions of ``distributions`` (one per process)."""
+def memo(name: str, *distributions: str, sources: tuple[Path, ...] = ()) -> Memo:
+    """The ``Memo`` called ``name``, salted with the versions of ``distributions`` and the text of ``sources`` (the
+    project's own code that computes it), one per process."""
     if name not in MEMOS:
-        MEMOS[name] = Memo(name, _versions(*distributions))
+        MEMOS[name] = Memo(name, _versions(*distributions)
+                           + "".join(Path(source).read_text(encoding="utf-8") for source in sources))
     return MEMOS[name]
 
 

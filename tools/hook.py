@@ -139,10 +139,8 @@ def on_config(config):
     (``translations.search_words``) become jieba's user dictionary, written once per build."""
     search = config["plugins"].get("material/search") or config["plugins"].get("search")
     if search is not None and not search.config.get("jieba_dict_user"):
-        JIEBA_USER_DICT.parent.mkdir(parents=True, exist_ok=True)
-        scratch = JIEBA_USER_DICT.with_name(f"{JIEBA_USER_DICT.name}.{os.getpid()}")   # builds side by side
-        scratch.write_text("".join(f"{word}\n" for word in translations.search_words()), encoding="utf-8")
-        scratch.replace(JIEBA_USER_DICT)
+        build_speed.write_atomically(JIEBA_USER_DICT, "".join(f"{word}\n" for word in translations.search_words())
+                                     .encode("utf-8"))                          # builds side by side
         search.config["jieba_dict_user"] = str(JIEBA_USER_DICT)
     if not FULL_BUILD:
         build_speed.cache_highlighting()
@@ -520,9 +518,8 @@ def on_post_page(output, page, config):
     site's base."""
     if page.file.src_uri.startswith("notebooks/"):
         slim = (notebook_pages.slim(output) if FULL_BUILD else
-                build_speed.memo("notebook-page", "mkdocs-jupyter", "nbconvert")(
-                    (output, Path(notebook_pages.__file__).read_text(encoding="utf-8")),
-                    lambda: notebook_pages.slim(output)))
+                build_speed.memo("notebook-page", "tinycss2", sources=(Path(notebook_pages.__file__),))(
+                    output, lambda: notebook_pages.slim(output)))
         output = figure_files(fold_notebook_cells(slim, page), page)
         if lang(page) == "zh":
             output = localise_notebook(output, page)

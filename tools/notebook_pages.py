@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import os
-import pickle
 import re
 import struct
 from pathlib import Path
 
 import tinycss2
+
+from tools import build_speed
 
 STYLE = re.compile(r"(<style[^>]*>)(.*?)(</style>)", re.S)
 NOT = re.compile(r":not\([^)]*\)")
@@ -33,28 +32,12 @@ def _selectors(prelude: str) -> list[frozenset[str]]:
     return [frozenset(CLASS.findall(NOT.sub("", selector))) for selector in prelude.split(",")]
 
 
-CACHE = Path(os.environ.get("LESSON_CACHE") or Path(__file__).resolve().parent.parent / ".cache" / "lesson")
-
-
 @functools.lru_cache(maxsize=4)
 def _parse(css: str) -> tuple:
     """The stylesheet as (selectors, text) rules and ('@media', prelude, rules) groups. Every notebook page carries
-    the same stylesheet: it is parsed once and kept in .cache/lesson/ under its SHA-256 (tinycss2 takes about half a
-    second over JupyterLab's), and read from there by the next build."""
-    path = CACHE / f"css-{hashlib.sha256(css.encode()).hexdigest()[:16]}.pickle"
-    try:
-        return pickle.loads(path.read_bytes())
-    except (OSError, pickle.PickleError, EOFError):
-        pass
-    parsed = _parse_now(css)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f"{path.name}.{os.getpid()}")           # another build may write it too
-        scratch.write_bytes(pickle.dumps(parsed))
-        scratch.replace(path)
-    except OSError:
-        pass                                        # a read-only checkout builds without the cache
-    return parsed
+    the same stylesheet: it is parsed once per build (tinycss2 takes about half a second over JupyterLab's) and kept
+    for the next one (``build_speed.memo``)."""
+    return build_speed.memo("jupyterlab-css", "tinycss2", sources=(Path(__file__),))(css, lambda: _parse_now(css))
 
 
 def _parse_now(css: str) -> tuple:
