@@ -127,3 +127,53 @@ def test_a_page_whose_conversion_warned_warns_again_in_the_next_strict_build(tmp
         process = build(project, tmp_path / run, LESSON_ONLY_LOCALE="en", LESSON_CACHE=str(tmp_path / "cache"))
         assert process.returncode != 0 and "no-such-page.md" in process.stderr, (run, process.stderr[-2000:])
     assert list((tmp_path / "cache").glob("markdown-*.pickle"))       # the pages that converted cleanly were kept
+
+
+def test_a_snippets_cells_are_split_again_when_its_text_changes(tmp_path):
+    from tools import snippets
+    path = tmp_path / "demo.py"
+    path.write_text("# %% first\nx = 1\n# %% second\ny = 2\n", encoding="utf-8")
+    assert [(c.name, c.source) for c in snippets.cells(path)] == [("first", "x = 1"), ("second", "y = 2")]
+    path.write_text("# %% first\nx = 10\n", encoding="utf-8")
+    assert [(c.name, c.source) for c in snippets.cells(path)] == [("first", "x = 10")]
+
+
+def _serve_setup(tmp_path, watch_theme: bool):
+    from types import SimpleNamespace
+
+    from mkdocs.livereload import LiveReloadServer
+    docs, theme = tmp_path / "docs", tmp_path / "theme"
+    docs.mkdir()
+    theme.mkdir()
+    (tmp_path / "mkdocs.yml").write_text("site_name: x\n", encoding="utf-8")
+    config = SimpleNamespace(docs_dir=str(docs), config_file_path=str(tmp_path / "mkdocs.yml"),
+                             theme=SimpleNamespace(dirs=[str(theme)]))
+    server = LiveReloadServer(builder=lambda: None, host="127.0.0.1", port=0, root=str(tmp_path))
+    server.watch(config.docs_dir)                 # what mkdocs serve watches before the plugins' on_serve
+    server.watch(config.config_file_path)
+    if watch_theme:
+        server.watch(str(theme))
+    return server, config
+
+
+def _watched(server) -> dict[str, float]:
+    return {emitter.watch.path: emitter.timeout for emitter in server.observer.emitters}
+
+
+def test_mkdocs_serve_looks_for_saved_files_every_tenth_of_a_second(tmp_path):
+    from tools import hook
+    server, config = _serve_setup(tmp_path, watch_theme=False)
+    before = _watched(server)
+    assert set(before.values()) == {0.5}
+    server = hook.on_serve(server, config, builder=None)
+    assert _watched(server) == dict.fromkeys(before, 0.1)
+    server.watch(str(tmp_path / "snippets"))      # mkdocs.yml's watch: comes after on_serve, on the same observer
+    assert _watched(server)[str(tmp_path / "snippets")] == 0.1
+
+
+def test_with_watch_theme_mkdocs_keeps_its_own_observer(tmp_path):
+    from tools import hook
+    server, config = _serve_setup(tmp_path, watch_theme=True)
+    observer, before = server.observer, _watched(server)
+    server = hook.on_serve(server, config, builder=None)
+    assert server.observer is observer and _watched(server) == before

@@ -165,11 +165,11 @@ def index_plain_code(search_plugin) -> None:
 
     def add_entry_from_context(page):
         content, made = page.content, []
-        key = (page.url, page.title, repr(page.meta), _toc_key(page.toc), plain_code(content), dictionaries)
+        key = (page.url, page.title, repr(page.meta), _toc_key(page.toc), content, dictionaries)
 
         def entries():
             before = len(index.entries)
-            page.content = key[4]
+            page.content = plain_code(content)
             try:
                 original(page)
             finally:

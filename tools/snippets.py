@@ -1,6 +1,7 @@
 """Find snippets and split them into their named ``# %% name`` cells (jupytext percent format)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -36,8 +37,15 @@ def sha256(path: Path) -> str:
 
 
 def cells(path: Path) -> list[Cell]:
-    """The file's cells in order. Every line must belong to a named cell; names are unique."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """The file's cells in order. Every line must belong to a named cell; names are unique (``ValueError`` names the
+    line otherwise). A build asks for each snippet's cells about 700 times: the file is read each time, and split
+    again only when its text changed."""
+    return list(_cells(str(path), Path(path).read_text(encoding="utf-8")))
+
+
+@functools.lru_cache(maxsize=64)
+def _cells(path: str, text: str) -> tuple[Cell, ...]:
+    lines = text.splitlines()
     found: list[tuple[str, int, list[str]]] = []
     for number, line in enumerate(lines, start=1):
         marker = CELL_MARKER.match(line)
@@ -56,7 +64,7 @@ def cells(path: Path) -> list[Cell]:
         raise ValueError(f"{path}: cell names used twice: {', '.join(duplicates)}")
     if not found:
         raise ValueError(f"{path}: no '# %% name' cells")
-    return [Cell(name, "\n".join(body).rstrip("\n").rstrip(), first) for name, first, body in found]
+    return tuple(Cell(name, "\n".join(body).rstrip("\n").rstrip(), first) for name, first, body in found)
 
 
 SENTENCE = re.compile(r"(.+?[.;])(?:\s|$)|(.+)$", re.S)
