@@ -30,6 +30,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):     # each worker's torch (and the sni
 os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
 
 
+# The test files that take longest, longest first (seconds in a run on two cores): the recording, which the first
+# of them waits for, and the crawl start at once, and the short files left at the end keep both workers busy until
+# the last test. Every other file follows in its usual order.
+SLOWEST_FIRST = ["test_lesson_fit.py",          # about 300 s, most of it the recording of the whole lesson
+                 "test_browser.py",             # about 300 s: the crawl at 1280 px
+                 "test_site.py",                # 110 s
+                 "test_cuda_bookkeeping.py",    # 90 s
+                 "test_snippet_rules.py",       # 70 s
+                 "test_recorder.py",            # 70 s
+                 "test_calculator_browser.py",  # 55 s
+                 "test_layout.py",              # 40 s: the 390 px pass
+                 "test_build_speed.py"]         # 30 s
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))      # stable: each file keeps its tests' order
+
+
 def once(tmp_path_factory, worker_id: str, name: str, make) -> Path:
     """``make(folder)`` once per test session, however many xdist workers ask: the first makes it under a lock in
     the session's shared temporary folder, the others wait for the lock and find it made. An exception in ``make``

@@ -22,9 +22,11 @@ TEACHING = [*sorted((ROOT / "docs").glob("index*.md")), *sorted((ROOT / "docs" /
 ALL_CELLS = {(p.stem, c.name): c.source for p in snippets.find() for c in snippets.cells(p)}
 
 
-def pages(site: Path):
-    for path in sorted(site.rglob("*.html")):
-        yield path, BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+@pytest.fixture(scope="module")
+def pages(site) -> list[tuple[Path, BeautifulSoup]]:
+    """Every HTML page of the built site, parsed once for the tests that read them all (about 9 s a pass)."""
+    return [(path, BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser"))
+            for path in sorted(site.rglob("*.html"))]
 
 
 def markers():
@@ -51,10 +53,10 @@ def test_every_named_cell_exists_and_every_snippet_is_taught():
     assert taught == {p.stem for p in snippets.find()}
 
 
-def test_every_python_block_comes_from_a_snippet(site):
+def test_every_python_block_comes_from_a_snippet(site, pages):
     sources = set(ALL_CELLS.values())
     checked = 0
-    for path, soup in pages(site):
+    for path, soup in pages:
         blocks = soup.select("div.language-python pre code") + soup.select(".jp-CodeCell .jp-InputArea pre")
         for block in blocks:
             text = block.get_text().rstrip("\n")
@@ -80,8 +82,8 @@ def test_a_cell_expands_into_code_output_figure_and_stamp(site):
     assert (site / "chapters" / "image-data" / link["href"]).resolve().exists()
 
 
-def test_every_figure_and_local_link_target_exists(site):
-    for path, soup in pages(site):
+def test_every_figure_and_local_link_target_exists(site, pages):
+    for path, soup in pages:
         for img in soup.select("img"):
             src = img["src"]
             if not src.startswith("data:"):
@@ -89,9 +91,9 @@ def test_every_figure_and_local_link_target_exists(site):
             assert img.get("alt"), f"{path}: image without alt text"
 
 
-def test_no_page_requests_another_origin(site):
+def test_no_page_requests_another_origin(site, pages):
     external = re.compile(r"^(https?:)?//", re.I)
-    for path, soup in pages(site):
+    for path, soup in pages:
         for tag, attribute in (("script", "src"), ("link", "href"), ("img", "src"), ("iframe", "src"),
                                ("source", "src"), ("video", "src"), ("audio", "src")):
             for element in soup.find_all(tag):
@@ -224,8 +226,16 @@ def test_home_page_names_the_recording_hardware(site):
 
 # A changed copy of the project is built in the English edition alone (LESSON_ONLY_LOCALE=en, mkdocs.yml): what these
 # tests change and look at is the same in both editions, and one edition builds in half the time.
+@pytest.fixture(scope="module")
+def build_cache(tmp_path_factory) -> Path:
+    """One LESSON_CACHE for this module's builds of changed copies (tools/build_speed.py): each copy changes one thing,
+    so the pages it did not change come from the caches the builds before it left."""
+    return tmp_path_factory.mktemp("build-cache")
+
+
 @pytest.fixture
-def copy_of_project(tmp_path):
+def copy_of_project(tmp_path, build_cache, monkeypatch):
+    monkeypatch.setenv("LESSON_CACHE", str(build_cache))
     for name in ("docs", "snippets", "tools", "overrides", "i18n"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)
