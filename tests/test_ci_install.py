@@ -40,3 +40,11 @@ def test_uv_gets_every_source_and_pips_choice_of_versions():
 def test_no_pip_configuration_means_pypi_alone():
     assert uv_options.options("") == ["--index-strategy", "unsafe-best-match"]
     assert uv_options.cert("") == ""
+
+
+def test_torch_is_imported_from_compiled_bytecode():
+    """.ci/run compiles the bytecode as it installs (uv's --compile-bytecode, pip's default): where
+    PYTHONDONTWRITEBYTECODE is set, as on CI, every test process would otherwise compile torch again."""
+    import importlib.util
+    spec = importlib.util.find_spec("torch")
+    assert Path(importlib.util.cache_from_source(spec.origin)).is_file()
