@@ -33,9 +33,9 @@ os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
 # The test files that take longest, longest first (seconds in a run on two cores): the recording, which the first
 # of them waits for, and the crawl start at once, and the short files left at the end keep both workers busy until
 # the last test. Every other file follows in its usual order.
-SLOWEST_FIRST = ["test_lesson_fit.py",          # about 300 s, most of it the recording of the whole lesson
-                 "test_browser.py",             # about 300 s: the crawl at 1280 px
-                 "test_site.py",                # 110 s
+SLOWEST_FIRST = ["test_lesson_fit.py",          # about 200 s, most of it the recording of the whole lesson
+                 "test_browser.py",             # about 200 s: the crawl at 1280 px
+                 "test_site.py",                # 85 s
                  "test_cuda_bookkeeping.py",    # 90 s
                  "test_snippet_rules.py",       # 70 s
                  "test_recorder.py",            # 70 s
