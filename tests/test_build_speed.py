@@ -92,6 +92,20 @@ def test_a_memo_is_read_by_the_next_build_and_only_under_the_same_versions(tmp_p
     assert len(calls) == 4                                                    # a broken cache is made again
 
 
+def test_with_lesson_full_build_a_memo_finds_and_keeps_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_speed, "CACHE", tmp_path)
+    kept = build_speed.Memo("demo", "pygments==1")
+    kept(("block", "python"), lambda: "<pre>kept</pre>")
+    kept.save()
+    monkeypatch.setattr(build_speed, "FULL_BUILD", True)
+    full = build_speed.Memo("demo", "pygments==1")
+    assert full(("block", "python"), lambda: "<pre>made</pre>") == "<pre>made</pre>"
+    assert full(("block", "python"), lambda: "<pre>again</pre>") == "<pre>again</pre>"
+    full.save()
+    monkeypatch.setattr(build_speed, "FULL_BUILD", False)
+    assert build_speed.Memo("demo", "pygments==1")(("block", "python"), lambda: "") == "<pre>kept</pre>"
+
+
 def test_a_build_from_the_caches_makes_the_same_site_as_a_build_without_them(site, tmp_path):
     """The site fixture's build left every memo in .cache/lesson/; a build that reads them and a build with none of
     tools/build_speed.py's shortcuts (LESSON_FULL_BUILD=1) write the same files, byte for byte."""

@@ -129,7 +129,7 @@ _stale: dict[str, str] = {}
 _taught: dict[str, tuple] = {}          # snippet name -> (the chapter page that first shows it, section title)
 
 
-FULL_BUILD = os.environ.get("LESSON_FULL_BUILD") == "1"   # build without tools/build_speed.py's shortcuts (tests)
+FULL_BUILD = build_speed.FULL_BUILD     # LESSON_FULL_BUILD=1: build without tools/build_speed.py's shortcuts (tests)
 JIEBA_USER_DICT = Path(__file__).resolve().parent.parent / ".cache" / "jieba-user.txt"
 
 
@@ -520,9 +520,8 @@ def on_page_content(html_text, page, config, files):
     40 MB, 14 MB now."""
     if not page.file.src_uri.startswith("notebooks/"):
         return html_text
-    slim = (notebook_pages.slim(html_text) if FULL_BUILD else
-            build_speed.memo("notebook-page", "tinycss2", sources=(Path(notebook_pages.__file__),))(
-                html_text, lambda: notebook_pages.slim(html_text)))
+    slim = build_speed.memo("notebook-page", "tinycss2", sources=(Path(notebook_pages.__file__),))(
+        html_text, lambda: notebook_pages.slim(html_text))
     html_text = figure_files(fold_notebook_cells(slim, page), page)
     return localise_notebook(html_text, page) if lang(page) == "zh" else html_text
 
